@@ -1,0 +1,404 @@
+"""Where checkpoints are written, committed, uploaded, pruned and restored.
+
+Layout of ``<run-dir>/checkpoints`` (a standard TF checkpoint directory)::
+
+    ckpt-12.index, ckpt-12.data-00000-of-00001   written by tf.train.CheckpointManager
+    ckpt-12.commit.json                          manifest (step, files, sizes, CRC32), written LAST
+    checkpoint                                   TF state file, rewritten to name committed ones only
+    ckpt-9.corrupt.json                          a checkpoint that failed verification, set aside
+
+A checkpoint counts only once its commit marker exists, so a crash at any
+moment leaves at worst an uncommitted checkpoint that the next start deletes.
+Numbers only grow and a save never overwrites an existing checkpoint.
+
+TF always writes to a local directory: the run's own ``checkpoints`` folder
+for local runs, a staging folder for remote ones (``gs://``, ``s3://``, any
+fsspec URL). For remote runs a single background thread uploads the files,
+then the marker, so training is blocked only for the local write.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import tensorflow as tf
+
+from .checkpoints_index import (
+    CORRUPT,
+    DIR,
+    MARKER,
+    STATE_FILE,
+    committed,
+    leftovers,
+    number_of,
+    state_file_text,
+    to_prune,
+)
+from .storage import Storage, StorageError
+
+log = logging.getLogger("trainer.checkpoints")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint can be used although the run has some."""
+
+
+class IncompatibleCheckpoint(CheckpointError):
+    """The checkpoint holds a different model; restoring would be partial."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    pass
+
+
+def crc32_of(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def checkpoint_key(group: str, var_path: str) -> str:
+    """The key tf.train.Checkpoint gives a variable stored as ``{group: {var_path: var}}``."""
+    escaped = var_path.replace(".", "..").replace("/", ".S")
+    return f"{group}/{escaped}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+@dataclass
+class SaveStats:
+    """Timings the benchmarks and the closing log line report."""
+    saves: int = 0
+    blocked_s: list = field(default_factory=list)
+    upload_s: list = field(default_factory=list)
+
+
+class CheckpointStore:
+    def __init__(self, checkpoint: tf.train.Checkpoint, storage: Storage, local_dir: str,
+                 max_to_keep: int, expected_shapes: dict[str, tuple]):
+        self.checkpoint = checkpoint
+        self.storage = storage          # the run directory
+        self.local_dir = local_dir      # where TF writes
+        self.max_to_keep = max_to_keep
+        self.expected_shapes = expected_shapes
+        self.stats = SaveStats()
+        os.makedirs(local_dir, exist_ok=True)
+        self._repair_state_file()
+        self.manager = tf.train.CheckpointManager(checkpoint, local_dir, max_to_keep=None,
+                                                  checkpoint_name="ckpt")
+        self._last_number = max(self._all_numbers(), default=0)
+        self.uploader = _Uploader(self) if storage.is_remote else None
+
+    # ----------------------------------------------------------------- listing
+    def _local_names(self) -> list[str]:
+        return os.listdir(self.local_dir)
+
+    def _remote_names(self) -> list[str]:
+        return self.storage.listdir(DIR) if self.storage.is_remote else []
+
+    def _all_numbers(self) -> set[int]:
+        names = self._local_names() + self._remote_names()
+        return {n for n in map(number_of, names) if n is not None}
+
+    def committed_numbers(self) -> list[int]:
+        return sorted(set(committed(self._local_names())) |
+                      set(committed(self._remote_names())), reverse=True)
+
+    # ----------------------------------------------------------------- saving
+    def save(self, meta: dict) -> int:
+        """Write and commit a checkpoint locally; remote runs upload it in the background."""
+        started = time.perf_counter()
+        self._last_number += 1
+        number = self._last_number
+        prefix = self.manager.save(checkpoint_number=number)
+        manifest = {"number": number, "prefix": os.path.basename(prefix), "time": time.time(),
+                    **meta, "files": {}}
+        for name in sorted(os.listdir(self.local_dir)):
+            if name.startswith(os.path.basename(prefix) + ".") and not name.endswith(".json"):
+                path = os.path.join(self.local_dir, name)
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+                manifest["files"][name] = {"size": os.path.getsize(path), "crc32": crc32_of(path)}
+        _atomic_write(os.path.join(self.local_dir, f"ckpt-{number}{MARKER}"),
+                      json.dumps(manifest, indent=1))
+        self._write_state_file()
+        self._prune_local(keep_also=self.uploader.pending_numbers() if self.uploader else ())
+        self.stats.saves += 1
+        self.stats.blocked_s.append(time.perf_counter() - started)
+        if self.uploader:
+            self.uploader.submit(number, manifest)
+        return number
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait for uploads to finish; True when everything committed locally is remote too."""
+        return self.uploader.flush(timeout_s) if self.uploader else True
+
+    def close(self) -> None:
+        if self.uploader:
+            self.uploader.stop()
+
+    def _write_state_file(self) -> None:
+        done = committed(self._local_names())
+        if done:
+            _atomic_write(os.path.join(self.local_dir, STATE_FILE), state_file_text(done))
+
+    def _repair_state_file(self) -> None:
+        """A garbage ``checkpoint`` file would stop CheckpointManager; markers are the truth."""
+        path = os.path.join(self.local_dir, STATE_FILE)
+        if not os.path.exists(path):
+            return
+        try:
+            tf.train.get_checkpoint_state(self.local_dir)
+        except Exception as exc:  # text_format raises ParseError and friends
+            log.warning("%s is unreadable (%s); rebuilding it from the commit markers",
+                        path, str(exc).splitlines()[0][:120])
+            os.remove(path)
+            self._write_state_file()
+
+    def _prune_local(self, keep_also=()) -> None:
+        for name in to_prune(self._local_names(), self.max_to_keep, keep_also):
+            _remove(os.path.join(self.local_dir, name))
+
+    def cleanup_stale(self) -> None:
+        """At start: delete leftovers of uncommitted checkpoints, here and remotely."""
+        stale = leftovers(self._local_names())
+        if stale:
+            log.warning("removing %d leftover file(s) of uncommitted checkpoints: %s",
+                        len(stale), ", ".join(stale[:6]))
+            for name in stale:
+                _remove(os.path.join(self.local_dir, name))
+        if self.uploader:
+            self.uploader.cleanup_remote_stale()
+        self._write_state_file()
+
+    # ----------------------------------------------------------------- restoring
+    def restore_latest(self) -> dict | None:
+        """Restore the newest committed checkpoint that verifies; return its manifest.
+
+        Corrupt checkpoints are set aside with a warning and the previous one is
+        tried. None only when the run has no committed checkpoint at all.
+        """
+        candidates = self.committed_numbers()
+        for number in candidates:
+            try:
+                manifest = self._fetch_and_verify(number)
+                prefix = os.path.join(self.local_dir, manifest["prefix"])
+                self._check_compatible(prefix, number)
+                self.checkpoint.restore(prefix).expect_partial()
+                return manifest
+            except CorruptCheckpoint as exc:
+                log.warning("checkpoint ckpt-%d is unusable: %s; setting it aside and "
+                            "falling back to the previous one", number, exc)
+                self._set_aside(number, str(exc))
+        if candidates:
+            raise CheckpointError(
+                f"none of the {len(candidates)} committed checkpoint(s) in "
+                f"{self.storage.url(DIR)} could be restored (see the warnings above); "
+                "nothing was overwritten. Start a new run with another --run-dir, or "
+                "--fresh to archive this one and start over")
+        return None
+
+    def _read_manifest(self, number: int) -> dict:
+        name = f"ckpt-{number}{MARKER}"
+        local = os.path.join(self.local_dir, name)
+        try:
+            if os.path.exists(local):
+                with open(local) as fh:
+                    text = fh.read()
+            else:
+                text = self.storage.read_text(f"{DIR}/{name}")
+            manifest = json.loads(text)
+            manifest["files"], manifest["prefix"]
+            return manifest
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptCheckpoint(f"commit marker {name} is damaged ({exc})") from exc
+
+    def _fetch_and_verify(self, number: int) -> dict:
+        manifest = self._read_manifest(number)
+        for name, info in manifest["files"].items():
+            path = os.path.join(self.local_dir, name)
+            if not self._matches(path, info) and self.storage.is_remote:
+                try:
+                    self.storage.download(f"{DIR}/{name}", path)
+                except FileNotFoundError:
+                    raise CorruptCheckpoint(f"{name} is listed in the manifest but missing") from None
+            if not os.path.exists(path):
+                raise CorruptCheckpoint(f"{name} is listed in the manifest but missing")
+            size = os.path.getsize(path)
+            if size != info["size"]:
+                raise CorruptCheckpoint(f"{name} has {size} bytes, manifest says {info['size']} (truncated?)")
+            if crc32_of(path) != info["crc32"]:
+                raise CorruptCheckpoint(f"{name} fails its CRC32 check (bit rot or a partial write)")
+        if not self.storage.is_remote:
+            return manifest
+        local_marker = os.path.join(self.local_dir, f"ckpt-{number}{MARKER}")
+        if not os.path.exists(local_marker):
+            _atomic_write(local_marker, json.dumps(manifest, indent=1))
+        return manifest
+
+    @staticmethod
+    def _matches(path: str, info: dict) -> bool:
+        return (os.path.exists(path) and os.path.getsize(path) == info["size"]
+                and crc32_of(path) == info["crc32"])
+
+    def _check_compatible(self, prefix: str, number: int) -> None:
+        try:
+            stored = dict(tf.train.list_variables(prefix))
+        except (tf.errors.OpError, ValueError) as exc:
+            raise CorruptCheckpoint(f"its index cannot be read ({str(exc).splitlines()[0][:160]})") from exc
+        missing = [k for k in self.expected_shapes if k not in stored]
+        wrong = [k for k, shape in self.expected_shapes.items()
+                 if k in stored and tuple(stored[k]) != tuple(shape)]
+        extra = [k for k in stored if k.startswith("model/") and k not in self.expected_shapes]
+        if missing or wrong or extra:
+            detail = "; ".join(f"{label}: {', '.join(_short(k) for k in keys[:3])}"
+                               + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+                               for label, keys in (("missing", missing), ("different shape", wrong),
+                                                   ("unexpected", extra)) if keys)
+            raise IncompatibleCheckpoint(
+                f"checkpoint ckpt-{number} in {self.storage.url(DIR)} was written by a different "
+                f"model ({detail}); nothing was restored. Use the architecture flags of that run, "
+                "another --run-dir, or --fresh to archive it and start over")
+
+    def _set_aside(self, number: int, reason: str) -> None:
+        record = json.dumps({"number": number, "reason": reason, "time": time.time()})
+        for where in filter(None, (self.local_dir, self.storage.is_remote and DIR)):
+            if where == self.local_dir:
+                _atomic_write(os.path.join(where, f"ckpt-{number}{CORRUPT}"), record)
+                _remove(os.path.join(where, f"ckpt-{number}{MARKER}"))
+            else:
+                try:
+                    self.storage.write_text(f"{DIR}/ckpt-{number}{CORRUPT}", record)
+                    self.storage.delete(f"{DIR}/ckpt-{number}{MARKER}")
+                except StorageError as exc:
+                    log.warning("could not set ckpt-%d aside remotely: %s", number, exc)
+
+
+class _Uploader:
+    """One background thread that mirrors committed local checkpoints to the run URL.
+
+    Only the newest pending checkpoint is uploaded (an older one still waiting
+    is superseded), so there is never a second concurrent upload of the same
+    files. Failures keep the local copy, warn and retry with backoff.
+    """
+
+    RETRY_S = (1, 2, 5, 10, 30)
+
+    def __init__(self, store: CheckpointStore):
+        self.store = store
+        self._cond = threading.Condition()
+        self._pending: tuple[int, dict] | None = None
+        self._busy: int | None = None
+        self._stopping = False
+        self._failures = 0
+        self.last_remote_commit: int | None = None
+        self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
+        self._thread.start()
+
+    def pending_numbers(self) -> set[int]:
+        with self._cond:
+            return {n for n in ((self._pending or (None,))[0], self._busy) if n is not None}
+
+    def submit(self, number: int, manifest: dict) -> None:
+        with self._cond:
+            self._pending = (number, manifest)
+            self._cond.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._failures = 0  # retry at once when asked to flush
+            self._cond.notify_all()
+            while self._pending or self._busy is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                number, manifest = self._pending
+                self._pending, self._busy = None, number
+            ok = self._upload(number, manifest)
+            with self._cond:
+                self._busy = None
+                if not ok and self._pending is None:
+                    self._pending = (number, manifest)  # retry unless superseded
+                self._cond.notify_all()
+                if not ok:
+                    delay = self.RETRY_S[min(self._failures, len(self.RETRY_S) - 1)]
+                    self._failures += 1
+                    self._cond.wait(delay)
+                else:
+                    self._failures = 0
+
+    def _upload(self, number: int, manifest: dict) -> bool:
+        storage, local_dir = self.store.storage, self.store.local_dir
+        started = time.perf_counter()
+        try:
+            for name in manifest["files"]:
+                storage.upload(os.path.join(local_dir, name), f"{DIR}/{name}")
+            storage.write_text(f"{DIR}/ckpt-{number}{MARKER}", json.dumps(manifest, indent=1))
+            names = storage.listdir(DIR)
+            storage.write_text(f"{DIR}/{STATE_FILE}", state_file_text(committed(names)))
+            for name in to_prune(names, self.store.max_to_keep):
+                storage.delete(f"{DIR}/{name}")
+        except (StorageError, OSError) as exc:
+            log.warning("upload of ckpt-%d to %s failed (%s); the local copy is kept and the "
+                        "upload will be retried", number, storage.url(DIR), exc)
+            return False
+        self.store.stats.upload_s.append(time.perf_counter() - started)
+        self.last_remote_commit = number
+        log.info("ckpt-%d committed to %s in %.2fs", number, storage.url(DIR),
+                 time.perf_counter() - started)
+        return True
+
+    def cleanup_remote_stale(self) -> None:
+        storage = self.store.storage
+        stale = leftovers(storage.listdir(DIR))
+        if stale:
+            log.warning("removing %d leftover object(s) of unfinished uploads from %s: %s",
+                        len(stale), storage.url(DIR), ", ".join(stale[:6]))
+            for name in stale:
+                storage.delete(f"{DIR}/{name}")
+
+
+def _short(key: str) -> str:
+    return key.split("/")[1].replace(".S", "/").replace("..", ".") if "/" in key else key
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,74 @@
+"""Names in a checkpoint directory, and reading commit markers without TensorFlow.
+
+``ckpt-<n>.commit.json`` marks checkpoint n as complete; ``ckpt-<n>.corrupt.json``
+marks one that failed verification and was set aside.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+DIR = "checkpoints"
+MARKER = ".commit.json"
+CORRUPT = ".corrupt.json"
+STATE_FILE = "checkpoint"
+_NAME = re.compile(r"^ckpt-(\d+)(?:\.|_temp)")
+
+
+def number_of(name: str) -> int | None:
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def committed(names) -> list[int]:
+    """Numbers with a commit marker, newest first."""
+    return sorted({number_of(n) for n in names if n.endswith(MARKER)}, reverse=True)
+
+
+def set_aside(names) -> set[int]:
+    return {number_of(n) for n in names if n.endswith(CORRUPT)}
+
+
+def committed_manifests(storage) -> list[dict]:
+    """Readable manifests of the run's committed checkpoints, newest first."""
+    out = []
+    for number in committed(storage.listdir(DIR)):
+        try:
+            out.append(json.loads(storage.read_text(f"{DIR}/ckpt-{number}{MARKER}")))
+        except (FileNotFoundError, ValueError):
+            continue
+    return out
+
+
+def state_file_text(numbers) -> str:
+    """TF's ``checkpoint`` state file naming the given (committed) checkpoints."""
+    numbers = sorted(numbers)
+    lines = [f'model_checkpoint_path: "ckpt-{numbers[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "ckpt-{n}"' for n in numbers]
+    return "\n".join(lines) + "\n"
+
+
+def to_prune(names, max_to_keep: int, keep_also=()) -> list[str]:
+    """Names to delete so that the newest ``max_to_keep`` committed checkpoints remain.
+
+    Also drops uncommitted files older than the newest commit (leftovers of a
+    dead writer). Never touches set-aside checkpoints or anything newer than
+    the newest commit (it may be in flight). Markers come first, so a crash
+    midway never leaves a marker whose files are gone.
+    """
+    names = list(names)
+    done = committed(names)
+    if not done:
+        return []
+    keep = set(done[:max_to_keep]) | set(keep_also) | set_aside(names)
+    doomed = [n for n in names if number_of(n) is not None and number_of(n) not in keep
+              and number_of(n) < done[0]]
+    return sorted(doomed, key=lambda n: not n.endswith(MARKER))
+
+
+def leftovers(names) -> list[str]:
+    """At start-up no writer is alive: every uncommitted checkpoint file is a leftover."""
+    names = list(names)
+    keep = set(committed(names)) | set_aside(names)
+    return sorted(n for n in names if (number_of(n) is not None and number_of(n) not in keep)
+                  or ".tmp-" in n)

@@ -1,0 +1,35 @@
+"""Where the run is: the part of a checkpoint that is not weights or optimizer.
+
+Serialized as JSON into one string variable of the TF checkpoint, so weights,
+optimizer and position are always saved and restored together.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .monitor import new_history
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0               # epochs fully done
+    step_in_epoch: int = 0       # batches of epoch ``epoch`` done
+    global_step: int = 0
+    lr: float = 0.0
+    seed: int = 0
+    epoch_seconds: float = 0.0   # training time spent in the current epoch so far
+    metric_state: list = field(default_factory=list)  # float.hex of Keras metric variables mid-epoch
+    history: dict = field(default_factory=new_history)
+    applied_overrides: list = field(default_factory=list)  # digests of consumed override files
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        return cls(**json.loads(text))
+
+    def position(self, steps_per_epoch: int) -> str:
+        return (f"epoch {self.epoch + 1} step {self.step_in_epoch}/{steps_per_epoch} "
+                f"(global step {self.global_step})")
