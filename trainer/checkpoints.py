@@ -153,11 +153,8 @@ class CheckpointStore:
         path = os.path.join(self.local_dir, STATE_FILE)
         if not os.path.exists(path):
             return
-        try:
-            tf.train.get_checkpoint_state(self.local_dir)
-        except Exception as exc:  # text_format raises ParseError and friends
-            log.warning("%s is unreadable (%s); rebuilding it from the commit markers",
-                        path, str(exc).splitlines()[0][:120])
+        if tf.train.get_checkpoint_state(self.local_dir) is None:  # TF returns None on parse errors
+            log.warning("%s is unreadable; rebuilding it from the commit markers", path)
             os.remove(path)
             self._write_state_file()
 
