@@ -1,0 +1,81 @@
+"""submitit launcher: run ``train`` as a SLURM (or local) job that requeues itself.
+
+The job object is a ``submitit.helpers.Checkpointable``. submitit installs its
+own handler for the warning signal (USR2 by default); while training runs,
+the trainer's own handlers replace it and only record the signal. Once the
+trainer has committed its checkpoint at the step boundary and returned, the
+saved submitit handler is called from normal code: it asks ``checkpoint()``
+for the resubmission (cheap: the checkpoint is already on disk), decides
+timeout vs. preemption (timeouts requeue up to ``max_num_timeout`` times,
+preemptions always) and requeues with ``scontrol``.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Callable
+
+import submitit
+
+from . import exitcodes
+from .signals import CAUGHT
+
+
+class TrainingStopped(RuntimeError):
+    """Training was interrupted and there is no submitit handler to requeue it."""
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+class TrainingJob(submitit.helpers.Checkpointable):
+    def __init__(self, train_args: list[str]):
+        self.train_args = list(train_args)
+
+    def __call__(self) -> dict:
+        from .cli import build_parser, config_from_args, setup_logging
+        from .run import train
+
+        setup_logging()
+        requeue_handlers = {sig: signal.getsignal(sig) for sig in CAUGHT}
+        args = build_parser().parse_args(["train", *self.train_args])
+        outcome = train(config_from_args(args), fresh=args.fresh)
+        if outcome.exit_code == exitcodes.DONE:
+            return outcome.final_metrics
+        if exitcodes.is_interrupted(outcome.exit_code):
+            signum = outcome.exit_code - 128
+            handler = _submitit_handler(requeue_handlers, signum)
+            if handler is not None:
+                handler(signum, None)  # checkpoint() + requeue + exit; normally does not return
+            raise TrainingStopped(f"stopped by {signal.Signals(signum).name} at global step "
+                                  f"{outcome.state.global_step if outcome.state else '?'}; "
+                                  "resubmit the same job to resume")
+        raise TrainingFailed(f"train exited with code {outcome.exit_code} (see the job's log; "
+                             "codes are listed in README)")
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # The trainer committed its checkpoint before we got here; a new run of
+        # the same arguments resumes from it.
+        return submitit.helpers.DelayedSubmission(TrainingJob(self.train_args))
+
+
+def _submitit_handler(handlers: dict, signum: int) -> Callable | None:
+    """The requeueing handler submitit installed (bound to its warning signal)."""
+    candidates = [handlers.get(signum)] + list(handlers.values())
+    for handler in candidates:
+        if callable(handler) and getattr(handler, "__name__", "") == "checkpoint_and_try_requeue":
+            return handler
+    return None
+
+
+def launch(train_args: list[str], folder: str = "runs/submitit/%j", cluster: str | None = None,
+           timeout_min: int = 60, signal_delay_s: int = 90, max_num_timeout: int = 20,
+           **parameters) -> submitit.Job:
+    """Submit ``python -m trainer train <train_args>`` and return the submitit job.
+
+    ``parameters`` are passed to ``AutoExecutor.update_parameters`` (e.g.
+    ``slurm_partition="gpu"``, ``gpus_per_node=1``).
+    """
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=max_num_timeout)
+    executor.update_parameters(timeout_min=timeout_min, slurm_signal_delay_s=signal_delay_s, **parameters)
+    return executor.submit(TrainingJob(train_args))
