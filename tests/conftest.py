@@ -1,3 +1,5 @@
+pytest_plugins = ["tests.emulators"]
+
 import pytest
 
 from tests import helpers
