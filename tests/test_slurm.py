@@ -1,0 +1,145 @@
+"""Against a real single-node SLURM (slurm/dev-cluster/start.sh): time limits,
+preemption, crashes, through slurm/train.sh and through the submitit launcher."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests import helpers
+
+pytestmark = pytest.mark.slurm
+
+# ~2 minutes of training on 2 cores: needs at least two 1-minute allocations.
+LONG = ["--preset", "tiny", "--train-size", "16384", "--image-size", "28", "--filters", "8,16",
+        "--epochs", "7", "--no-tensorboard", "--quiet"]
+
+
+def sh(*cmd, check=True) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    if not shutil.which("slurmctld"):
+        pytest.skip("SLURM is not installed (.ci/run installs it)")
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
+        subprocess.run([str(helpers.ROOT / "slurm/dev-cluster/start.sh")], check=True)
+    return True
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("slurm-ref") / "run"
+    result = helpers.run(["train", "--run-dir", str(run_dir), *LONG], timeout=900)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def job_state(job: str) -> str:
+    out = sh("sacct", "-n", "-X", "-P", "-j", job, "-o", "State", check=False)
+    return out.splitlines()[0].split()[0] if out else ""
+
+
+class Releaser(threading.Thread):
+    """Starts requeued jobs at once instead of after their ~2 minute BeginTime."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(2):
+            for line in sh("squeue", "-h", "-o", "%i %T %r", check=False).splitlines():
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] == "PENDING" and parts[2] == "BeginTime":
+                    sh("scontrol", "update", f"JobId={parts[0]}", "StartTime=now", check=False)
+
+
+@pytest.fixture
+def releaser():
+    thread = Releaser()
+    thread.start()
+    yield thread
+    thread.stop.set()
+
+
+def wait_done(job: str, timeout=900) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = job_state(job)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            if not sh("squeue", "-h", "-j", job, check=False):
+                return state
+        time.sleep(2)
+    sh("scancel", job, check=False)
+    raise AssertionError(f"job {job} did not finish in {timeout}s (state {job_state(job)})")
+
+
+def sbatch(tmp_path, *args, env=None) -> str:
+    return subprocess.run(["sbatch", "--parsable", *args], cwd=tmp_path, capture_output=True, text=True,
+                          check=True, env={**os.environ, **(env or {})}).stdout.strip().split(";")[0]
+
+
+def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, releaser, long_reference, tmp_path):
+    run_dir = tmp_path / "run"
+    job = sbatch(tmp_path, "--time=1", "--signal=B:USR1@30", "--job-name=limit",
+                 str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir), *LONG)
+    assert wait_done(job) == "COMPLETED"
+    log = (tmp_path / f"slurm-limit-{job}.out").read_text()
+    requeues = re.findall(r"requeueing job \d+: stopped by signal 10 \((timeout|preemption)\)", log)
+    assert len(requeues) >= 2, log
+    assert "timeout" in requeues
+    resumes = re.findall(r"resumed from .* at epoch (\d+) step (\d+)/", log)
+    assert len(resumes) >= 2, log
+    assert re.search(r"not requeueing job \d+: training complete", log)
+    assert int(sh("sacct", "-n", "-X", "-P", "-j", job, "-o", "Restarts") or 0) >= 0
+    helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
+
+
+def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser, long_reference, tmp_path):
+    from trainer.launcher import launch
+    run_dir = tmp_path / "run"
+    job = launch(["--run-dir", str(run_dir), *LONG], folder=str(tmp_path / "submitit" / "%j"), cluster="slurm",
+                 timeout_min=1, signal_delay_s=30, slurm_partition="debug", cpus_per_task=2)
+    metrics = job.result()
+    assert metrics["epoch"] == 7 and 0 < metrics["val_accuracy"] <= 1
+    out = job.stdout() + (job.stderr() or "")
+    assert len(re.findall(r"resumed from .* at epoch", out)) >= 1, out
+    helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
+
+
+def test_preemption_without_time_limit_resumes(slurm_cluster, releaser, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--run-dir", str(run_dir), "--preset", "tiny", "--train-size", "4096", "--epochs", "3",
+            "--no-tensorboard"]
+    job = sbatch(tmp_path, "--job-name=preempt", str(helpers.ROOT / "slurm/train.sh"), *args)
+    log_path = tmp_path / f"slurm-preempt-{job}.out"
+    deadline = time.monotonic() + 180
+    while "Epoch 2/" not in (log_path.read_text() if log_path.exists() else ""):
+        assert time.monotonic() < deadline, "job did not reach epoch 2"
+        time.sleep(0.5)
+    sh("scancel", "--signal=USR1", "--batch", job)
+    assert wait_done(job) == "COMPLETED"
+    log = log_path.read_text()
+    assert "received SIGUSR1; forwarding" in log
+    assert re.search(r"requeueing job \d+: stopped by signal 10 \(preemption\)", log), log
+    assert re.search(r"resumed from .* at epoch 2 step \d+/", log), log
+    status = json.loads(helpers.run(["status", str(run_dir), "--json"]).stdout)
+    assert status["latest"]["epoch"] == 3 and status["resumes"] == 1
+
+
+def test_crashing_job_is_not_requeued_forever(slurm_cluster, releaser, tmp_path):
+    fake = tmp_path / "crashing-python"
+    fake.write_text("#!/bin/sh\nif [ \"$2\" = trainer ]; then echo boom >&2; exit 1; fi\nexec python3 \"$@\"\n")
+    fake.chmod(0o755)
+    job = sbatch(tmp_path, "--job-name=crash", str(helpers.ROOT / "slurm/train.sh"), "--run-dir", "x",
+                 env={"TRAINER_PYTHON": str(fake), "TRAINER_MAX_CRASH_RESTARTS": "2"})
+    wait_done(job, timeout=300)
+    log = (tmp_path / f"slurm-crash-{job}.out").read_text()
+    assert len(re.findall(r"requeueing job \d+: crash", log)) == 2, log
+    assert "not requeueing job" in log and "after 2 restarts" in log
