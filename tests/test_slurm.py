@@ -46,18 +46,28 @@ def job_state(job: str) -> str:
 
 
 class Releaser(threading.Thread):
-    """Starts requeued jobs at once instead of after their ~2 minute BeginTime."""
+    """Starts requeued jobs after a few seconds instead of after their ~2 minute BeginTime.
+
+    Not at once: slurmd refuses a relaunch within the second of the requeue
+    ("Job credential revoked") and the job fails.
+    """
+
+    GRACE_S = 4
 
     def __init__(self):
         super().__init__(daemon=True)
         self.stop = threading.Event()
+        self.first_seen = {}
 
     def run(self):
-        while not self.stop.wait(2):
+        while not self.stop.wait(1):
             for line in sh("squeue", "-h", "-o", "%i %T %r", check=False).splitlines():
                 parts = line.split()
                 if len(parts) >= 3 and parts[1] == "PENDING" and parts[2] == "BeginTime":
-                    sh("scontrol", "update", f"JobId={parts[0]}", "StartTime=now", check=False)
+                    seen = self.first_seen.setdefault(parts[0], time.monotonic())
+                    if time.monotonic() - seen >= self.GRACE_S:
+                        sh("scontrol", "update", f"JobId={parts[0]}", "StartTime=now", check=False)
+                        self.first_seen.pop(parts[0])
 
 
 @pytest.fixture
@@ -91,13 +101,12 @@ def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, rele
                  str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir), *LONG)
     assert wait_done(job) == "COMPLETED"
     log = (tmp_path / f"slurm-limit-{job}.out").read_text()
-    requeues = re.findall(r"requeueing job \d+: stopped by signal 10 \((timeout|preemption)\)", log)
+    requeues = re.findall(r"\] requeueing job \d+: stopped by signal 10 \((timeout|preemption)\)", log)
     assert len(requeues) >= 2, log
     assert "timeout" in requeues
     resumes = re.findall(r"resumed from .* at epoch (\d+) step (\d+)/", log)
     assert len(resumes) >= 2, log
     assert re.search(r"not requeueing job \d+: training complete", log)
-    assert int(sh("sacct", "-n", "-X", "-P", "-j", job, "-o", "Restarts") or 0) >= 0
     helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
 
 
@@ -141,5 +150,5 @@ def test_crashing_job_is_not_requeued_forever(slurm_cluster, releaser, tmp_path)
                  env={"TRAINER_PYTHON": str(fake), "TRAINER_MAX_CRASH_RESTARTS": "2"})
     wait_done(job, timeout=300)
     log = (tmp_path / f"slurm-crash-{job}.out").read_text()
-    assert len(re.findall(r"requeueing job \d+: crash", log)) == 2, log
+    assert len(re.findall(r"\] requeueing job \d+: crash", log)) == 2, log
     assert "not requeueing job" in log and "after 2 restarts" in log
