@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from trainer import data, pipeline  # noqa: E402
 from trainer.callback import ResumableCheckpoint  # noqa: E402
-from trainer.checkpoints import CheckpointStore, checkpoint_key  # noqa: E402
+from trainer.checkpoints import CheckpointStore  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.model import build_resnet, compile_model  # noqa: E402
 from trainer.signals import StopRequest  # noqa: E402
@@ -49,10 +49,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     state_var = tf.Variable("", dtype=tf.string)
     groups = {"model": {v.path: v for v in model.variables},
-              "optimizer": {v.path: v for v in model.optimizer.variables}}
-    ckpt = tf.train.Checkpoint(trainer_state=state_var, **groups)
-    expected = {checkpoint_key(g, k): tuple(v.shape) for g, vs in groups.items() for k, v in vs.items()}
-    store = CheckpointStore(ckpt, Storage(tmp), os.path.join(tmp, "checkpoints"), 3, expected)
+              "optimizer": {v.path: v for v in model.optimizer.variables}, "trainer": {"state": state_var}}
+    store = CheckpointStore(groups, Storage(tmp), os.path.join(tmp, "checkpoints"), 3)
     steps = pipeline.steps_per_epoch(len(x), cfg.batch_size)
 
     def ours():

@@ -3,24 +3,34 @@
 #
 #   sbatch slurm/train.sh [trainer args]                  # e.g. --preset reference
 #   sbatch --time=4:00:00 --gres=gpu:1 --signal=B:USR1@120 slurm/train.sh --preset reference
-#   TRAINER_RUN_DIR=gs://bucket/runs/a sbatch --export=ALL slurm/train.sh
+#   TRAINER_RUN_DIR=gs://bucket/runs/a sbatch slurm/train.sh   # sbatch exports the env by default
 #
-# SLURM sends USR1 to this script <lead> seconds before the time limit; it is
-# forwarded to the trainer, which finishes its step, commits a checkpoint and
-# exits with 128+10. `python -m trainer.requeue` then decides (see its
-# docstring) and runs `scontrol requeue`; the next start resumes from that step.
-# Settings: TRAINER_RUN_DIR (default runs/<job name>), TRAINER_PYTHON
-# (default python3), TRAINER_MAX_CRASH_RESTARTS (3), TRAINER_MAX_REQUEUES (100).
+# SLURM sends USR1 to this script <lead> seconds before the time limit
+# (--signal=B:USR1@90 below; override on the sbatch command line). It, and a
+# TERM/INT/USR2 (e.g. `scancel --signal=USR1 --batch <job>` for a preemption),
+# is forwarded to the trainer, which finishes its step, commits a checkpoint and
+# exits with 128+signal. `python -m trainer.requeue <code>` then decides:
+#   0 done, 2-5 bad input/unusable run  -> no requeue, exit with the code
+#   128+N stopped after a checkpoint    -> `scontrol requeue`, exit 0
+#   anything else (crash)               -> requeue while SLURM_RESTART_COUNT <
+#                                          TRAINER_MAX_CRASH_RESTARTS, else exit with the code
+# A requeued job resumes from its last checkpoint (same job id; output appended).
+#
+# Settings (environment, exported by sbatch): TRAINER_RUN_DIR (default
+# runs/<job name>; passed as --run-dir unless the args have one), TRAINER_PYTHON
+# (python3), TRAINER_MAX_CRASH_RESTARTS (3), TRAINER_MAX_REQUEUES (100, time-limit
+# requeues). --cpus-per-task=2 suits the dev cluster; override it with sbatch.
 #SBATCH --job-name=trainer
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --signal=B:USR1@90
 #SBATCH --output=slurm-%x-%j.out
 #SBATCH --cpus-per-task=2
-set -uo pipefail
+set -uo pipefail   # no -e: the trainer's exit code is data here
 cd "${SLURM_SUBMIT_DIR:-.}"
 
 PY=${TRAINER_PYTHON:-python3}
+export PYTHONUNBUFFERED=1
 args=("$@")
 case " ${args[*]:-} " in
     *" --run-dir "*|*" --run-dir="*) ;;
@@ -28,23 +38,32 @@ case " ${args[*]:-} " in
 esac
 
 log() { echo "[train.sh $(date +%FT%T)] $*"; }
-log "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname -s): $PY -m trainer train ${args[*]}"
+log "job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID:-?}_$SLURM_ARRAY_TASK_ID)}" \
+    "restart ${SLURM_RESTART_COUNT:-0} on $(hostname -s): $PY -m trainer train ${args[*]}"
 
-child=
+phase=start child= pending= caught=
 forward() {
-    log "received SIG$1; forwarding to the trainer (pid $child)"
-    [ -n "$child" ] && kill -s "$1" "$child" 2>/dev/null
+    caught=1
+    case $phase in
+        start) pending=$1; log "received SIG$1 before the trainer started; forwarding it at start" ;;
+        run) log "received SIG$1; forwarding to the trainer (pid $child)"; kill -s "$1" "$child" 2>/dev/null ;;
+        *) log "received SIG$1 after the trainer exited" ;;
+    esac
 }
-trap 'forward USR1' USR1
-trap 'forward USR2' USR2
-trap 'forward TERM' TERM
-trap 'forward INT' INT
+for sig in USR1 USR2 TERM INT; do trap "forward $sig" "$sig"; done
 
 "$PY" -m trainer train "${args[@]}" &
-child=$!
-wait "$child"; rc=$?
-while kill -0 "$child" 2>/dev/null; do  # wait returns early when a trapped signal arrives
+child=$! phase=run
+[ -n "$pending" ] && kill -s "$pending" "$child" 2>/dev/null
+while :; do
+    caught=
     wait "$child"; rc=$?
+    [ -n "$caught" ] || break                   # the trainer exited
+    kill -0 "$child" 2>/dev/null && continue    # a trapped signal ended `wait` early: wait again
+    wait "$child"; r=$?; [ "$r" = 127 ] || rc=$r  # it exited meanwhile: its own status
+    break
 done
+phase=done
 log "trainer exited with code $rc"
-"$PY" -m trainer.requeue "$rc"
+"$PY" -m trainer.requeue "$rc"   # logs "requeueing job ..." / "not requeueing ..."
+exit $?

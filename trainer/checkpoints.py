@@ -75,25 +75,42 @@ def checkpoint_key(group: str, var_path: str) -> str:
 class SaveStats:
     """Timings the benchmarks and the closing log line report."""
     saves: int = 0
-    blocked_s: list = field(default_factory=list)
+    blocked_s: list = field(default_factory=list)   # training loop stalled per save
+    write_s: list = field(default_factory=list)     # background TF write + commit
     upload_s: list = field(default_factory=list)
 
 
+class CheckpointWriteError(CheckpointError):
+    """A background write failed (e.g. disk full); earlier checkpoints are intact."""
+
+
+def _value(var):
+    """The tf.Variable behind a Keras variable (or the variable itself)."""
+    return getattr(var, "value", var) if not isinstance(var, tf.Variable) else var
+
+
 class CheckpointStore:
-    def __init__(self, checkpoint: tf.train.Checkpoint, storage: Storage, local_dir: str,
-                 max_to_keep: int, expected_shapes: dict[str, tuple]):
-        self.checkpoint = checkpoint
+    """Saves are snapshots: the training loop only copies the variables into a
+    shadow set (milliseconds); a single writer thread writes that snapshot with
+    CheckpointManager, commits it and, for remote runs, uploads it."""
+
+    def __init__(self, groups: dict[str, dict], storage: Storage, local_dir: str, max_to_keep: int):
         self.storage = storage          # the run directory
         self.local_dir = local_dir      # where TF writes
         self.max_to_keep = max_to_keep
-        self.expected_shapes = expected_shapes
         self.stats = SaveStats()
+        self.checkpoint = tf.train.Checkpoint(**groups)  # restores into the live variables
+        self.expected_shapes = {checkpoint_key(g, p): tuple(v.shape)
+                                for g, vs in groups.items() for p, v in vs.items()}
+        shadow = {g: {p: tf.Variable(_value(v), trainable=False) for p, v in vs.items()}
+                  for g, vs in groups.items()}
+        self._pairs = [(shadow[g][p], _value(v)) for g, vs in groups.items() for p, v in vs.items()]
         os.makedirs(local_dir, exist_ok=True)
         self._repair_state_file()
-        self.manager = tf.train.CheckpointManager(checkpoint, local_dir, max_to_keep=None,
-                                                  checkpoint_name="ckpt")
+        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**shadow), local_dir,
+                                                  max_to_keep=None, checkpoint_name="ckpt")
         self._last_number = max(self._all_numbers(), default=0)
-        self.uploader = _Uploader(self) if storage.is_remote else None
+        self.writer = _Writer(self)
 
     # ----------------------------------------------------------------- listing
     def _local_names(self) -> list[str]:
@@ -112,10 +129,26 @@ class CheckpointStore:
 
     # ----------------------------------------------------------------- saving
     def save(self, meta: dict) -> int:
-        """Write and commit a checkpoint locally; remote runs upload it in the background."""
+        """Snapshot the variables and hand them to the writer; returns the checkpoint number."""
         started = time.perf_counter()
+        self.writer.wait_snapshot_free()
+        for shadow, live in self._pairs:
+            shadow.assign(live)
         self._last_number += 1
-        number = self._last_number
+        self.writer.submit(self._last_number, meta)
+        self.stats.saves += 1
+        self.stats.blocked_s.append(time.perf_counter() - started)
+        return self._last_number
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every save is committed (and uploaded, for remote runs)."""
+        return self.writer.flush(timeout_s)
+
+    def close(self) -> None:
+        self.writer.stop()
+
+    def _write_and_commit(self, number: int, meta: dict) -> dict:
+        """Writer thread: TF write of the snapshot, fsync, manifest (the commit), pruning."""
         prefix = self.manager.save(checkpoint_number=number)
         manifest = {"number": number, "prefix": os.path.basename(prefix), "time": time.time(),
                     **meta, "files": {}}
@@ -128,20 +161,23 @@ class CheckpointStore:
         _atomic_write(os.path.join(self.local_dir, f"ckpt-{number}{MARKER}"),
                       json.dumps(manifest, indent=1))
         self._write_state_file()
-        self._prune_local(keep_also=self.uploader.pending_numbers() if self.uploader else ())
-        self.stats.saves += 1
-        self.stats.blocked_s.append(time.perf_counter() - started)
-        if self.uploader:
-            self.uploader.submit(number, manifest)
-        return number
+        return manifest
 
-    def flush(self, timeout_s: float) -> bool:
-        """Wait for uploads to finish; True when everything committed locally is remote too."""
-        return self.uploader.flush(timeout_s) if self.uploader else True
+    def _discard(self, number: int) -> None:
+        """Remove the files of a checkpoint whose write failed."""
+        for name in self._local_names():
+            if number_of(name) == number:
+                _remove(os.path.join(self.local_dir, name))
 
-    def close(self) -> None:
-        if self.uploader:
-            self.uploader.stop()
+    def _upload(self, number: int, manifest: dict) -> None:
+        storage = self.storage
+        for name in manifest["files"]:
+            storage.upload(os.path.join(self.local_dir, name), f"{DIR}/{name}")
+        storage.write_text(f"{DIR}/ckpt-{number}{MARKER}", json.dumps(manifest, indent=1))
+        names = storage.listdir(DIR)
+        storage.write_text(f"{DIR}/{STATE_FILE}", state_file_text(committed(names)))
+        for name in to_prune(names, self.max_to_keep):
+            storage.delete(f"{DIR}/{name}")
 
     def _write_state_file(self) -> None:
         done = committed(self._local_names())
@@ -149,7 +185,7 @@ class CheckpointStore:
             _atomic_write(os.path.join(self.local_dir, STATE_FILE), state_file_text(done))
 
     def _repair_state_file(self) -> None:
-        """A garbage ``checkpoint`` file would stop CheckpointManager; markers are the truth."""
+        """Rebuild a garbage ``checkpoint`` file from the markers, which are the truth."""
         path = os.path.join(self.local_dir, STATE_FILE)
         if not os.path.exists(path):
             return
@@ -170,8 +206,13 @@ class CheckpointStore:
                         len(stale), ", ".join(stale[:6]))
             for name in stale:
                 _remove(os.path.join(self.local_dir, name))
-        if self.uploader:
-            self.uploader.cleanup_remote_stale()
+        if self.storage.is_remote:
+            remote_stale = leftovers(self.storage.listdir(DIR))
+            if remote_stale:
+                log.warning("removing %d leftover object(s) of unfinished uploads from %s: %s",
+                            len(remote_stale), self.storage.url(DIR), ", ".join(remote_stale[:6]))
+                for name in remote_stale:
+                    self.storage.delete(f"{DIR}/{name}")
         self._write_state_file()
 
     # ----------------------------------------------------------------- restoring
@@ -277,12 +318,14 @@ class CheckpointStore:
                     log.warning("could not set ckpt-%d aside remotely: %s", number, exc)
 
 
-class _Uploader:
-    """One background thread that mirrors committed local checkpoints to the run URL.
+class _Writer:
+    """The one background thread that writes, commits and uploads checkpoints.
 
-    Only the newest pending checkpoint is uploaded (an older one still waiting
-    is superseded), so there is never a second concurrent upload of the same
-    files. Failures keep the local copy, warn and retry with backoff.
+    It holds at most one snapshot to write and one commit to upload; a newer
+    commit supersedes an older one still waiting for upload, so the same
+    files are never uploaded twice concurrently. A failed upload keeps the
+    local copy, warns and is retried with backoff; a failed write (disk full)
+    is reported to the training loop at its next save or flush.
     """
 
     RETRY_S = (1, 2, 5, 10, 30)
@@ -290,92 +333,117 @@ class _Uploader:
     def __init__(self, store: CheckpointStore):
         self.store = store
         self._cond = threading.Condition()
-        self._pending: tuple[int, dict] | None = None
-        self._busy: int | None = None
-        self._stopping = False
+        self._job: tuple[int, dict] | None = None      # snapshot waiting to be written
+        self._writing = False
+        self._upload: tuple[int, dict] | None = None   # committed locally, not yet remote
+        self._uploading = False
+        self._retry_at = 0.0
         self._failures = 0
-        self.last_remote_commit: int | None = None
-        self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
+        self._error: Exception | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
         self._thread.start()
 
-    def pending_numbers(self) -> set[int]:
-        with self._cond:
-            return {n for n in ((self._pending or (None,))[0], self._busy) if n is not None}
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
-    def submit(self, number: int, manifest: dict) -> None:
+    def wait_snapshot_free(self) -> None:
         with self._cond:
-            self._pending = (number, manifest)
+            while self._job is not None or self._writing:
+                self._cond.wait()
+            self._raise_error()
+
+    def submit(self, number: int, meta: dict) -> None:
+        with self._cond:
+            self._job = (number, meta)
             self._cond.notify_all()
 
     def flush(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            self._failures = 0  # retry at once when asked to flush
+            self._retry_at = 0.0  # retry a failed upload at once
             self._cond.notify_all()
-            while self._pending or self._busy is not None:
+            while self._job is not None or self._writing or self._upload is not None or self._uploading:
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+                if left <= 0 or (self._error is not None and not self._writing):
+                    break
+                self._cond.wait(min(left, 0.5))
+            self._raise_error()
+            return not (self._job or self._writing or self._upload or self._uploading)
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
+                while not self._stopping and self._job is None and (
+                        self._upload is None or time.monotonic() < self._retry_at):
+                    self._cond.wait(None if self._upload is None else self._retry_at - time.monotonic())
                 if self._stopping:
                     return
-                number, manifest = self._pending
-                self._pending, self._busy = None, number
-            ok = self._upload(number, manifest)
-            with self._cond:
-                self._busy = None
-                if not ok and self._pending is None:
-                    self._pending = (number, manifest)  # retry unless superseded
-                self._cond.notify_all()
-                if not ok:
-                    delay = self.RETRY_S[min(self._failures, len(self.RETRY_S) - 1)]
-                    self._failures += 1
-                    self._cond.wait(delay)
+                job, upload = self._job, self._upload
+                if job is not None:
+                    self._writing = True
                 else:
-                    self._failures = 0
+                    self._uploading = True
+            if job is not None:
+                self._write(*job)
+            else:
+                self._try_upload(*upload)
 
-    def _upload(self, number: int, manifest: dict) -> bool:
-        storage, local_dir = self.store.storage, self.store.local_dir
+    def _write(self, number: int, meta: dict) -> None:
         started = time.perf_counter()
         try:
-            for name in manifest["files"]:
-                storage.upload(os.path.join(local_dir, name), f"{DIR}/{name}")
-            storage.write_text(f"{DIR}/ckpt-{number}{MARKER}", json.dumps(manifest, indent=1))
-            names = storage.listdir(DIR)
-            storage.write_text(f"{DIR}/{STATE_FILE}", state_file_text(committed(names)))
-            for name in to_prune(names, self.store.max_to_keep):
-                storage.delete(f"{DIR}/{name}")
+            manifest = self.store._write_and_commit(number, meta)
+        except Exception as exc:  # disk full, permissions, ... : reported to the training loop
+            self.store._discard(number)
+            good = committed(self.store._local_names())
+            error = CheckpointWriteError(
+                f"writing ckpt-{number} to {self.store.local_dir} failed: {exc}; the earlier checkpoint "
+                f"{'ckpt-%d' % good[0] if good else '(none)'} is intact. Free space or fix the folder, then "
+                "re-run the same command to resume")
+            manifest = None
+        with self._cond:
+            self._job, self._writing = None, False
+            if manifest is None:
+                self._error = error
+            else:
+                self.store.stats.write_s.append(time.perf_counter() - started)
+                if self.store.storage.is_remote:
+                    self._upload, self._retry_at = (number, manifest), 0.0
+            keep = {self._upload[0]} if self._upload else set()
+            self._cond.notify_all()
+        self.store._prune_local(keep_also=keep)
+
+    def _try_upload(self, number: int, manifest: dict) -> None:
+        storage = self.store.storage
+        started = time.perf_counter()
+        try:
+            self.store._upload(number, manifest)
+            ok = True
         except (StorageError, OSError) as exc:
+            ok = False
             log.warning("upload of ckpt-%d to %s failed (%s); the local copy is kept and the "
                         "upload will be retried", number, storage.url(DIR), exc)
-            return False
-        self.store.stats.upload_s.append(time.perf_counter() - started)
-        self.last_remote_commit = number
-        log.info("ckpt-%d committed to %s in %.2fs", number, storage.url(DIR),
-                 time.perf_counter() - started)
-        return True
-
-    def cleanup_remote_stale(self) -> None:
-        storage = self.store.storage
-        stale = leftovers(storage.listdir(DIR))
-        if stale:
-            log.warning("removing %d leftover object(s) of unfinished uploads from %s: %s",
-                        len(stale), storage.url(DIR), ", ".join(stale[:6]))
-            for name in stale:
-                storage.delete(f"{DIR}/{name}")
+        with self._cond:
+            self._uploading = False
+            if ok:
+                self.store.stats.upload_s.append(time.perf_counter() - started)
+                log.info("ckpt-%d committed to %s in %.2fs", number, storage.url(DIR),
+                         time.perf_counter() - started)
+                self._failures = 0
+                if self._upload and self._upload[0] == number:
+                    self._upload = None
+            else:
+                self._retry_at = time.monotonic() + self.RETRY_S[min(self._failures, len(self.RETRY_S) - 1)]
+                self._failures += 1
+            self._cond.notify_all()
 
 
 def _short(key: str) -> str:

@@ -24,7 +24,6 @@ from .checkpoints import (
     CheckpointError,
     CheckpointStore,
     IncompatibleCheckpoint,
-    checkpoint_key,
 )
 from .config import ConfigError, TrainConfig
 from .data import DataError
@@ -117,12 +116,11 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
 
     state_var = tf.Variable("", dtype=tf.string, trainable=False)
     groups = {"model": {v.path: v for v in model.variables},
-              "optimizer": {v.path: v for v in model.optimizer.variables}}
-    ckpt = tf.train.Checkpoint(trainer_state=state_var, **groups)
-    expected = {checkpoint_key(g, p): tuple(v.shape) for g, vs in groups.items() for p, v in vs.items()}
+              "optimizer": {v.path: v for v in model.optimizer.variables},
+              "trainer": {"state": state_var}}
     local_dir = (storage.local_path("checkpoints") if not storage.is_remote
                  else os.path.join(staging_dir(cfg, storage), "checkpoints"))
-    store = CheckpointStore(ckpt, storage, local_dir, cfg.max_to_keep, expected)
+    store = CheckpointStore(groups, storage, local_dir, cfg.max_to_keep)
     try:
         store.cleanup_stale()
         manifest = store.restore_latest()
@@ -200,7 +198,7 @@ def _apply_override(pending, state: TrainerState, model, callback, storage, step
 def _flush(store, why: str) -> bool:
     started = time.monotonic()
     ok = store.flush(FLUSH_TIMEOUT_S)
-    if store.uploader:
+    if store.storage.is_remote:
         if ok:
             log.info("upload flushed (%s) in %.2fs", why, time.monotonic() - started)
         else:
