@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from . import monitor
 from .checkpoints import CheckpointStore
+from .storage import StorageError
 from .signals import StopRequest
 from .state import TrainerState
 
@@ -121,4 +122,7 @@ class MonitorWriter(keras.callbacks.Callback):
         self.state = state
 
     def on_epoch_end(self, epoch, logs=None):
-        monitor.write(self.storage, self.state.history)
+        try:
+            monitor.write(self.storage, self.state.history)
+        except (OSError, StorageError) as exc:  # the history is in the checkpoint; rewritten on resume
+            log.warning("could not write %s: %s", self.storage.url(monitor.HISTORY_JSON), exc)
