@@ -14,6 +14,7 @@ import sys
 
 from . import exitcodes
 from .config import PRESETS, ConfigError, TrainConfig
+from .signals import StopRequest
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -131,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             cfg = config_from_args(args)
-            from .run import train
-            resume = "python -m trainer " + shlex.join(a for a in argv if a != "--fresh")
-            return train(cfg, fresh=args.fresh, resume_command=resume).exit_code
+            # Catch stop signals before the slow TensorFlow import, so that even
+            # a signal during start-up ends with the documented exit code.
+            with StopRequest() as stop:
+                from .run import train
+                resume = "python -m trainer " + shlex.join(a for a in argv if a != "--fresh")
+                return train(cfg, fresh=args.fresh, resume_command=resume, stop=stop).exit_code
         if args.command == "lr":
             from .commands import set_lr
             return set_lr(args.run_dir, args.value, _storage_options(args))

@@ -91,6 +91,8 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
         _archive(storage)
     pending = lr_override.read_pending(storage)  # a bad file stops us before anything is touched
     _check_or_write_config(storage, cfg)
+    if stop.requested:  # stopped during start-up: nothing to save yet
+        return _stopped(stop, None, 0, None, None, resume_command)
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -148,7 +150,7 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
                   flush=True)
             return Outcome(exitcodes.DONE, state, None, _last_metrics(state))
         if stop.requested:
-            return _stopped(stop, state, steps, None, store, resume_command, started)
+            return _stopped(stop, state, steps, None, store, resume_command)
 
         callbacks = [callback, MonitorWriter(storage, state),
                      ProgressLogger(state, steps, cfg.epochs, cfg.quiet)]
@@ -166,7 +168,7 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
                 model.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
                           callbacks=callbacks, verbose=0, shuffle=False)
         except Interrupted as exc:
-            return _stopped(stop, state, steps, exc.checkpoint, store, resume_command, started)
+            return _stopped(stop, state, steps, exc.checkpoint, store, resume_command)
         _flush(store, "final")
         metrics = _last_metrics(state)
         print(f"training complete: {state.epoch} epochs, global step {state.global_step}, "
@@ -208,17 +210,19 @@ def _flush(store, why: str) -> bool:
     return ok
 
 
-def _stopped(stop, state, steps, checkpoint, store, resume_command, started) -> Outcome:
+def _stopped(stop, state, steps, checkpoint, store, resume_command) -> Outcome:
     import signal as _signal
-    _flush(store, "stop")
+    if store is not None:
+        _flush(store, "stop")
     name = _signal.Signals(stop.signum).name
     took = time.monotonic() - stop.received_at if stop.received_at else 0.0
     where = f"checkpoint ckpt-{checkpoint}" if checkpoint else "no new checkpoint needed"
-    print(f"\n[trainer] {name} received: stopped at {state.position(steps)}; {where} "
+    position = state.position(steps) if state else "start-up, before training"
+    print(f"\n[trainer] {name} received: stopped at {position}; {where} "
           f"({took:.2f}s from signal to exit).", flush=True)
     if resume_command:
         print(f"[trainer] resume with: {resume_command}", flush=True)
-    return Outcome(exitcodes.interrupted(stop.signum), state, checkpoint, _last_metrics(state))
+    return Outcome(exitcodes.interrupted(stop.signum), state, checkpoint, _last_metrics(state) if state else {})
 
 
 def _last_metrics(state: TrainerState) -> dict:
