@@ -83,7 +83,6 @@ def train(cfg: TrainConfig, *, fresh: bool = False, resume_command: str = "",
 
 
 def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest) -> Outcome:
-    started = time.monotonic()
     storage = open_storage(cfg)
     if storage.is_remote:
         storage.probe()
@@ -94,6 +93,8 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
     if stop.requested:  # stopped during start-up: nothing to save yet
         return _stopped(stop, None, 0, None, None, resume_command)
 
+    timings = {"imports": _process_age_s()}
+    mark = time.monotonic()
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -105,6 +106,7 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
              len(x_train), len(x_val), dataset.source, steps)
     val_ds = pipeline.eval_dataset(x_val, y_val, batch_size=cfg.batch_size, image_size=cfg.image_size)
 
+    timings["data"], mark = time.monotonic() - mark, time.monotonic()
     model = build_resnet(cfg.image_size, cfg.stages, cfg.filters, cfg.weight_decay)
     compile_model(model, cfg.lr, cfg.momentum)
     # Create optimizer slots and metric variables now, so that they can be
@@ -123,16 +125,18 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
     local_dir = (storage.local_path("checkpoints") if not storage.is_remote
                  else os.path.join(staging_dir(cfg, storage), "checkpoints"))
     store = CheckpointStore(groups, storage, local_dir, cfg.max_to_keep)
+    timings["model"], mark = time.monotonic() - mark, time.monotonic()
     try:
         store.cleanup_stale()
         manifest = store.restore_latest()
+        timings["restore"] = time.monotonic() - mark
+        log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None))
         if manifest:
             state = TrainerState.from_json(state_var.numpy().decode())
             monitor.add_event(state.history, "resume", epoch=state.epoch, step_in_epoch=state.step_in_epoch,
                               steps_per_epoch=steps, global_step=state.global_step, time=time.time())
-            log.info("resumed from %s/ckpt-%d at %s, lr %g (restore took %.1fs since start)",
-                     store.storage.url("checkpoints"), manifest["number"], state.position(steps),
-                     state.lr, time.monotonic() - started)
+            log.info("resumed from %s/ckpt-%d at %s, lr %g", store.storage.url("checkpoints"),
+                     manifest["number"], state.position(steps), state.lr)
         else:
             state = TrainerState(lr=cfg.lr, seed=cfg.seed)
             log.info("starting a new run in %s (%s preset, %d epochs)", storage.root, cfg.preset, cfg.epochs)
@@ -223,6 +227,18 @@ def _stopped(stop, state, steps, checkpoint, store, resume_command) -> Outcome:
     if resume_command:
         print(f"[trainer] resume with: {resume_command}", flush=True)
     return Outcome(exitcodes.interrupted(stop.signum), state, checkpoint, _last_metrics(state) if state else {})
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Linux), i.e. interpreter + imports so far."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _last_metrics(state: TrainerState) -> dict:
