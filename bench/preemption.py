@@ -1,0 +1,111 @@
+"""Preemption cost: interrupt k times at random moments, resume, finish. Ours vs.
+keras.callbacks.BackupAndRestore: steps recomputed, and whether the final weights
+equal an uninterrupted run's.
+
+    python bench/preemption.py [--interrupts 3] [--train-size 4096] [--epochs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+
+
+def interrupted_runs(cmd: list[str], rng: random.Random, k: int, wait_for: str) -> None:
+    for _ in range(k):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if line.startswith(wait_for):
+                break
+        time.sleep(rng.uniform(2.0, 8.0))
+        proc.terminate()
+        proc.communicate(timeout=300)
+    subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, check=True)
+
+
+def ours(args, rng, tmp) -> dict:
+    flags = ["--preset", args.preset, "--train-size", str(args.train_size), "--epochs", str(args.epochs),
+             "--quiet", "--no-tensorboard", "--save-every-steps", str(args.save_every)]
+    ref, run = os.path.join(tmp, "ours-ref"), os.path.join(tmp, "ours-run")
+    subprocess.run([sys.executable, "-m", "trainer", "train", "--run-dir", ref, *flags], cwd=ROOT, env=ENV,
+                   check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "trainer", "train", "--run-dir", run, *flags]
+    executed = 0
+    for _ in range(args.interrupts):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        text = ""
+        for line in proc.stdout:
+            text += line
+            if "start-up:" in line:
+                break
+        time.sleep(rng.uniform(2.0, 8.0))
+        proc.terminate()
+        text += proc.communicate(timeout=300)[0]
+        start = re.search(r"at epoch \d+ step \d+/\d+ \(global step (\d+)\), lr", text)
+        stop = re.search(r"stopped at epoch \d+ step \d+/\d+ \(global step (\d+)\)", text)
+        if stop:
+            executed += int(stop.group(1)) - (int(start.group(1)) if start else 0)
+    final = subprocess.run(cmd, cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
+    start = re.search(r"\(global step (\d+)\), lr", final.stderr)
+    total = int(re.search(r"global step (\d+), final", final.stdout).group(1))
+    executed += total - (int(start.group(1)) if start else 0)
+    from tests.helpers import latest_variables
+    a, b = latest_variables(ref), latest_variables(run)
+    diff = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) for k in a
+               if a[k].dtype.kind == "f")
+    return {"steps_needed": total, "steps_executed": executed, "steps_recomputed": executed - total,
+            "bitwise_equal": all(a[k].tobytes() == b[k].tobytes() for k in a), "max_abs_weight_diff": diff}
+
+
+def keras_backup(args, rng, tmp) -> dict:
+    driver = os.path.join(ROOT, "bench", "keras_backup_driver.py")
+    params = [args.preset, str(args.train_size), str(args.epochs), str(args.save_every)]
+    ref, run = os.path.join(tmp, "keras-ref"), os.path.join(tmp, "keras-run")
+    subprocess.run([sys.executable, driver, ref, *params], cwd=ROOT, env=ENV, check=True, capture_output=True)
+    interrupted_runs([sys.executable, driver, run, *params], rng, args.interrupts, "Epoch start")
+    needed = sum(1 for _ in open(os.path.join(ref, "steps.log")))
+    executed = sum(1 for _ in open(os.path.join(run, "steps.log")))
+    a, b = np.load(os.path.join(ref, "final.npz")), np.load(os.path.join(run, "final.npz"))
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a.files)
+    return {"steps_needed": needed, "steps_executed": executed, "steps_recomputed": executed - needed,
+            "bitwise_equal": all(a[k].tobytes() == b[k].tobytes() for k in a.files), "max_abs_weight_diff": diff}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--interrupts", type=int, default=3)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--train-size", type=int, default=4096)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--save-every", type=int, default=10)
+    p.add_argument("--out", default="bench/results/preemption.json")
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp()
+    rows = {"ours": ours(args, random.Random(1), tmp),
+            f"keras BackupAndRestore(save_freq={args.save_every})": keras_backup(args, random.Random(1), tmp)}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(rows, fh, indent=1)
+    print(f"{args.interrupts} SIGTERMs at random moments, {args.preset} preset, {args.train_size} images, "
+          f"{args.epochs} epochs\n")
+    print("| | steps needed | steps executed | recomputed | final weights bitwise equal | max abs weight diff |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['steps_needed']} | {r['steps_executed']} | {r['steps_recomputed']} "
+              f"| {r['bitwise_equal']} | {r['max_abs_weight_diff']:.3g} |")
+
+
+if __name__ == "__main__":
+    main()
