@@ -40,7 +40,7 @@ from .checkpoints_index import (
     state_file_text,
     to_prune,
 )
-from .storage import Storage, StorageError
+from .storage import Storage, StorageError, atomic_write
 
 log = logging.getLogger("trainer.checkpoints")
 
@@ -461,9 +461,4 @@ def _remove(path: str) -> None:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())

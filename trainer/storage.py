@@ -145,12 +145,7 @@ class Storage:
         if not self.is_remote:
             path = self._local(rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, data)
             return
         self._call("writing", rel, lambda: self.fs.pipe_file(self._remote(rel), data))
 
@@ -220,6 +215,16 @@ class Storage:
             raise StorageError(f"cannot use {self.root}: {exc}" + _hint(exc)) from exc
         except StorageError as exc:
             raise StorageError(f"cannot use {self.root} as a run directory: {exc}") from exc
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write a local file so that readers see the old or the new content, never a torn one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _hint(exc: BaseException) -> str:
