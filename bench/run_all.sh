@@ -10,5 +10,6 @@ out=bench/results/RESULTS.md
     echo; echo "## Training stall per checkpoint"; python3 bench/stall.py
     echo; echo "## Preemption cost"; python3 bench/preemption.py
     echo; echo "## Signal-to-exit and resume latency"; python3 bench/latency.py
+    echo; echo "## Quality (three-phase schedule)"; python3 bench/quality.py
 } 2> bench/results/stderr.log | tee "$out"
 echo "written: $out"
