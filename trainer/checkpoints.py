@@ -305,17 +305,16 @@ class CheckpointStore:
                 "another --run-dir, or --fresh to archive it and start over")
 
     def _set_aside(self, number: int, reason: str) -> None:
+        """Replace the commit marker by a corrupt marker (written first), here and remotely."""
         record = json.dumps({"number": number, "reason": reason, "time": time.time()})
-        for where in filter(None, (self.local_dir, self.storage.is_remote and DIR)):
-            if where == self.local_dir:
-                _atomic_write(os.path.join(where, f"ckpt-{number}{CORRUPT}"), record)
-                _remove(os.path.join(where, f"ckpt-{number}{MARKER}"))
-            else:
-                try:
-                    self.storage.write_text(f"{DIR}/ckpt-{number}{CORRUPT}", record)
-                    self.storage.delete(f"{DIR}/ckpt-{number}{MARKER}")
-                except StorageError as exc:
-                    log.warning("could not set ckpt-%d aside remotely: %s", number, exc)
+        _atomic_write(os.path.join(self.local_dir, f"ckpt-{number}{CORRUPT}"), record)
+        _remove(os.path.join(self.local_dir, f"ckpt-{number}{MARKER}"))
+        if self.storage.is_remote:
+            try:
+                self.storage.write_text(f"{DIR}/ckpt-{number}{CORRUPT}", record)
+                self.storage.delete(f"{DIR}/ckpt-{number}{MARKER}")
+            except StorageError as exc:
+                log.warning("could not set ckpt-%d aside remotely: %s", number, exc)
 
 
 class _Writer:
