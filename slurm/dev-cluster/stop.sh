@@ -6,7 +6,7 @@
 #   slurm/dev-cluster/stop.sh --purge   # also delete ${SLURM_DEV_DIR:-/tmp/slurm-dev}
 #                                       # and the /etc/slurm configs start.sh wrote
 set -euo pipefail
-STATE=${SLURM_DEV_DIR:-/tmp/slurm-dev}
+. "$(dirname "$0")/lib.sh"   # STATE, CONF_DIR, dev_lock, daemon_pid
 purge=false
 case "${1:-}" in
     --purge) purge=true ;;
@@ -14,17 +14,12 @@ case "${1:-}" in
     *) echo "usage: $0 [--purge]" >&2; exit 2 ;;
 esac
 
-# pid of the daemon from its pid file, if that process is alive and is the daemon
-pid_of() {
-    local f="$STATE/run/$1.pid" pid
-    [ -f "$f" ] || return 1
-    pid=$(cat "$f" 2>/dev/null) && [ -n "$pid" ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
-}
+dev_lock
 
 # slurmd first (it ends running job steps), MariaDB after slurmdbd, munge last
 for d in slurmd slurmctld slurmdbd mariadbd munged; do
-    pid=$(pid_of "$d") || { rm -f "$STATE/run/$d.pid"; continue; }
+  for _ in 1 2 3; do   # more than one copy may run after a botched start
+    pid=$(daemon_pid "$d") || { rm -f "$STATE/run/$d.pid"; break; }
     kill "$pid"
     for _ in $(seq 150); do   # up to 30 s (MariaDB flushes InnoDB)
         kill -0 "$pid" 2>/dev/null || break
@@ -35,13 +30,14 @@ for d in slurmd slurmctld slurmdbd mariadbd munged; do
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$STATE/run/$d.pid"
-    echo "[slurm-dev] stopped $d"
+    echo "[slurm-dev] stopped $d (pid $pid)"
+  done
 done
 
 if $purge; then
     rm -rf "$STATE"
-    for f in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
-        if [ -f "$f" ] && grep -q "^# written by slurm/dev-cluster/start.sh" "$f"; then rm -f "$f"; fi
+    for f in "$CONF_DIR/slurm.conf" "$CONF_DIR/slurmdbd.conf"; do
+        if [ -f "$f" ] && grep -q "^$MARKER_PREFIX" "$f"; then rm -f "$f"; fi
     done
     echo "[slurm-dev] removed $STATE and the generated /etc/slurm configs"
 fi
