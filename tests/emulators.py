@@ -11,6 +11,7 @@ Fixtures (load with ``pytest_plugins = ["tests.emulators"]``):
   users' policies; moto ignores bucket policies, so read-only is made with a user policy);
   ``{"endpoint": ..., "admin": options}``. ``s3_read_only_root``: ``(run_url, options)``
   whose credentials may read and list the bucket but not write or delete.
+* ``frozen_endpoint``: a URL that accepts connections but never answers (a hung store).
 * ``http_stub``: a factory for small HTTP servers on 127.0.0.1 that answer with an error
   status (optionally only the first N requests, forwarding the rest to a real server):
   to inject HTTP 5xx into a real client, or to play a GCS that says 401/403 (the emulator
@@ -262,6 +263,17 @@ class HttpStub:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def frozen_endpoint():
+    """``http://127.0.0.1:PORT`` that accepts connections (the kernel's backlog) but never answers,
+    like a store whose process hangs (cf. SIGSTOP)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
 
 
 def s3_error_body(code: str, message: str) -> bytes:

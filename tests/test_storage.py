@@ -3,8 +3,9 @@
 Failure modes: unreachable endpoints (a closed port), missing buckets, read-only and
 invalid credentials (moto with IAM enforced) and missing credentials are real; GCS 401/403
 come from a stub HTTP server speaking the GCS JSON error format to the real gcsfs client
-(the emulator has no auth); HTTP 5xx on S3 come from a stub proxy in front of moto;
-everything else transient is injected with a flaky in-memory fsspec filesystem.
+(the emulator has no auth); HTTP 5xx on S3 come from a stub proxy in front of moto; a hung
+store is a socket that accepts connections and never answers; everything else transient is
+injected with a flaky in-memory fsspec filesystem.
 """
 from __future__ import annotations
 
@@ -161,8 +162,8 @@ def test_local_roots_do_not_import_fsspec(tmp_path):
             "s.write_text('a/b', 'x'); s.upload(sys.argv[1] + '/a/b', 'c'); s.download('c', sys.argv[1] + '/d'); "
             "assert s.listdir('') == ['a', 'c', 'd'] and s.read_text('d') == 'x'; "
             "bad = [m for m in ('fsspec', 's3fs', 'gcsfs', 'botocore') if m in sys.modules]; assert not bad, bad")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], check=False, cwd=ROOT, capture_output=True,
-                            text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], check=False, cwd=ROOT,
+                            capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 0, result.stderr
 
 
@@ -232,6 +233,21 @@ def test_probe_unreachable_endpoint_fails_fast(kind):
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_writes_to_a_hung_store_time_out(kind, frozen_endpoint):
+    """s3fs PUTs ignore botocore's read_timeout when the server never answers; the write deadline does not."""
+    options = (s3_options(frozen_endpoint, config_kwargs=FAST_S3) if kind == "s3"
+               else {"endpoint_url": frozen_endpoint, "token": "anon"})
+    storage = Storage(f"{'s3' if kind == 's3' else 'gs'}://bucket/run", options,
+                      retry=RetryPolicy(attempts=2, base_delay_s=0.01, write_timeout_s=1.0))
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=r"writing \S+/run/a.txt failed \(after 2 attempts\): FSTimeoutError"):
+        storage.write_text("a.txt", "x")
+    assert time.monotonic() - start < 5
+    with pytest.raises(StorageError, match="uploading to"):
+        storage.upload(__file__, "b.py")
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
 def test_probe_missing_bucket(kind, request):
     server = request.getfixturevalue(f"{kind}_server")
     url, options = ((f"s3://{_bucket_name()}/run", s3_options(server)) if kind == "s3" else
@@ -266,7 +282,7 @@ def test_probe_read_only_bucket(s3_read_only_root, caplog):
 def test_probe_invalid_credentials(s3_iam_server, s3_read_only_root):
     url, _ = s3_read_only_root
     storage = Storage(url, s3_options(s3_iam_server["endpoint"], "AKIANOSUCHKEY0000000", "wrong"), **NO_SLEEP)
-    with pytest.raises(StorageError, match=r"InvalidAccessKeyId, HTTP 403.*hint: credentials rejected; set AWS_ACCESS_KEY_ID"):
+    with pytest.raises(StorageError, match=r"InvalidAccessKeyId, HTTP 403.*credentials rejected; set AWS_ACCESS"):
         storage.probe()
 
 
@@ -467,6 +483,7 @@ def test_probe_retries_transient_errors_within_its_deadline(flaky):
 def test_retry_policy_backoff_is_bounded():
     policy = RetryPolicy()
     assert [policy.delay(n) for n in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert policy.write_timeout(3 << 20) == 63.0 and RetryPolicy(write_timeout_s=None).write_timeout(1) is None
 
 
 # -- classification --------------------------------------------------------------------------

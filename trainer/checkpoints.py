@@ -110,6 +110,7 @@ class CheckpointStore:
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**shadow), local_dir,
                                                   max_to_keep=None, checkpoint_name="ckpt")
         self._last_number = max(self._all_numbers(), default=0)
+        self.uploader = _Uploader(self) if storage.is_remote else None
         self.writer = _Writer(self)
 
     # ----------------------------------------------------------------- listing
@@ -131,21 +132,30 @@ class CheckpointStore:
     def save(self, meta: dict) -> int:
         """Snapshot the variables and hand them to the writer; returns the checkpoint number."""
         started = time.perf_counter()
-        self.writer.wait_snapshot_free()
+        self.writer.wait_idle()  # the writer has finished reading the shadow set
+        self.writer.raise_error()
         for shadow, live in self._pairs:
             shadow.assign(live)
         self._last_number += 1
-        self.writer.submit(self._last_number, meta)
+        self.writer.submit((self._last_number, meta))
         self.stats.saves += 1
         self.stats.blocked_s.append(time.perf_counter() - started)
         return self._last_number
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every save is committed (and uploaded, for remote runs)."""
-        return self.writer.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        self.writer.wait_idle(timeout_s)
+        self.writer.raise_error()
+        if not self.uploader:
+            return self.writer.idle()
+        self.uploader.retry_now()
+        return self.uploader.wait_idle(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         self.writer.stop()
+        if self.uploader:
+            self.uploader.stop()
 
     def _write_and_commit(self, number: int, meta: dict) -> dict:
         """Writer thread: TF write of the snapshot, fsync, manifest (the commit), pruning."""
@@ -317,132 +327,143 @@ class CheckpointStore:
                 log.warning("could not set ckpt-%d aside remotely: %s", number, exc)
 
 
-class _Writer:
-    """The one background thread that writes, commits and uploads checkpoints.
+class _Worker:
+    """A background thread that serves one pending item at a time (newest wins)."""
 
-    It holds at most one snapshot to write and one commit to upload; a newer
-    commit supersedes an older one still waiting for upload, so the same
-    files are never uploaded twice concurrently. A failed upload keeps the
-    local copy, warns and is retried with backoff; a failed write (disk full)
-    is reported to the training loop at its next save or flush.
+    def __init__(self, name: str):
+        self._cond = threading.Condition()
+        self._pending = None
+        self._busy = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item) -> None:
+        with self._cond:
+            self._pending = item
+            self._cond.notify_all()
+
+    def idle(self) -> bool:
+        return self._pending is None and self._busy is None
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while not self.idle():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.5 if left is None else min(left, 0.5))
+            return self.idle()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _next(self):
+        """Block until there is an item to serve (or we are stopping: None)."""
+        with self._cond:
+            while self._pending is None and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            self._busy, self._pending = self._pending, None
+            return self._busy
+
+    def _done(self, retry_item=None) -> None:
+        with self._cond:
+            if retry_item is not None and self._pending is None:
+                self._pending = retry_item
+            self._busy = None
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            self._serve(item)
+
+
+class _Writer(_Worker):
+    """Writes each snapshot with CheckpointManager and commits it; a failed write
+    (disk full) is reported to the training loop at its next save or flush."""
+
+    def __init__(self, store: CheckpointStore):
+        self.store = store
+        self.error: Exception | None = None
+        super().__init__("checkpoint-writer")
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _serve(self, item) -> None:
+        number, meta = item
+        started = time.perf_counter()
+        try:
+            manifest = self.store._write_and_commit(number, meta)
+        except Exception as exc:  # disk full, permissions, ...: reported to the training loop
+            self.store._discard(number)
+            good = committed(self.store._local_names())
+            self.error = CheckpointWriteError(
+                f"writing ckpt-{number} to {self.store.local_dir} failed: {exc}; the earlier checkpoint "
+                f"{'ckpt-%d' % good[0] if good else '(none)'} is intact. Free space or fix the folder, then "
+                "re-run the same command to resume")
+            self._done()
+            return
+        self.store.stats.write_s.append(time.perf_counter() - started)
+        uploader = self.store.uploader
+        if uploader:
+            uploader.submit((number, manifest))
+        self.store._prune_local(keep_also=uploader.numbers() if uploader else ())
+        self._done()
+
+
+class _Uploader(_Worker):
+    """Mirrors committed local checkpoints to the run URL: files first, marker last.
+
+    Only the newest waiting commit is uploaded (an older one is superseded),
+    so the same files are never uploaded twice concurrently. It runs apart
+    from the writer: a hanging or failing store never blocks training. A
+    failure keeps the local copy, warns, and retries with backoff.
     """
 
     RETRY_S = (1, 2, 5, 10, 30)
 
     def __init__(self, store: CheckpointStore):
         self.store = store
-        self._cond = threading.Condition()
-        self._job: tuple[int, dict] | None = None      # snapshot waiting to be written
-        self._writing = False
-        self._upload: tuple[int, dict] | None = None   # committed locally, not yet remote
-        self._uploading = False
-        self._retry_at = 0.0
         self._failures = 0
-        self._error: Exception | None = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
-        self._thread.start()
+        super().__init__("checkpoint-upload")
 
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def wait_snapshot_free(self) -> None:
+    def numbers(self) -> set[int]:
         with self._cond:
-            while self._job is not None or self._writing:
-                self._cond.wait()
-            self._raise_error()
+            return {item[0] for item in (self._pending, self._busy) if item is not None}
 
-    def submit(self, number: int, meta: dict) -> None:
+    def retry_now(self) -> None:
         with self._cond:
-            self._job = (number, meta)
+            self._failures = 0
             self._cond.notify_all()
 
-    def flush(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._retry_at = 0.0  # retry a failed upload at once
-            self._cond.notify_all()
-            while self._job is not None or self._writing or self._upload is not None or self._uploading:
-                left = deadline - time.monotonic()
-                if left <= 0 or (self._error is not None and not self._writing):
-                    break
-                self._cond.wait(min(left, 0.5))
-            self._raise_error()
-            return not (self._job or self._writing or self._upload or self._uploading)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and self._job is None and (
-                        self._upload is None or time.monotonic() < self._retry_at):
-                    self._cond.wait(None if self._upload is None else self._retry_at - time.monotonic())
-                if self._stopping:
-                    return
-                job, upload = self._job, self._upload
-                if job is not None:
-                    self._writing = True
-                else:
-                    self._uploading = True
-            if job is not None:
-                self._write(*job)
-            else:
-                self._try_upload(*upload)
-
-    def _write(self, number: int, meta: dict) -> None:
-        started = time.perf_counter()
-        try:
-            manifest = self.store._write_and_commit(number, meta)
-        except Exception as exc:  # disk full, permissions, ... : reported to the training loop
-            self.store._discard(number)
-            good = committed(self.store._local_names())
-            error = CheckpointWriteError(
-                f"writing ckpt-{number} to {self.store.local_dir} failed: {exc}; the earlier checkpoint "
-                f"{'ckpt-%d' % good[0] if good else '(none)'} is intact. Free space or fix the folder, then "
-                "re-run the same command to resume")
-            manifest = None
-        with self._cond:
-            self._job, self._writing = None, False
-            if manifest is None:
-                self._error = error
-            else:
-                self.store.stats.write_s.append(time.perf_counter() - started)
-                if self.store.storage.is_remote:
-                    self._upload, self._retry_at = (number, manifest), 0.0
-            keep = {self._upload[0]} if self._upload else set()
-            self._cond.notify_all()
-        self.store._prune_local(keep_also=keep)
-
-    def _try_upload(self, number: int, manifest: dict) -> None:
+    def _serve(self, item) -> None:
+        number, manifest = item
         storage = self.store.storage
         started = time.perf_counter()
         try:
             self.store._upload(number, manifest)
-            ok = True
         except (StorageError, OSError) as exc:
-            ok = False
             log.warning("upload of ckpt-%d to %s failed (%s); the local copy is kept and the "
                         "upload will be retried", number, storage.url(DIR), exc)
-        with self._cond:
-            self._uploading = False
-            if ok:
-                self.store.stats.upload_s.append(time.perf_counter() - started)
-                log.info("ckpt-%d committed to %s in %.2fs", number, storage.url(DIR),
-                         time.perf_counter() - started)
-                self._failures = 0
-                if self._upload and self._upload[0] == number:
-                    self._upload = None
-            else:
-                self._retry_at = time.monotonic() + self.RETRY_S[min(self._failures, len(self.RETRY_S) - 1)]
-                self._failures += 1
-            self._cond.notify_all()
+            delay = self.RETRY_S[min(self._failures, len(self.RETRY_S) - 1)]
+            self._failures += 1
+            self._done(retry_item=item)
+            with self._cond:  # back off, unless asked to flush or a newer commit arrives
+                self._cond.wait(delay)
+            return
+        self._failures = 0
+        self.store.stats.upload_s.append(time.perf_counter() - started)
+        log.info("ckpt-%d committed to %s in %.2fs", number, storage.url(DIR), time.perf_counter() - started)
+        self._done()
 
 
 def _short(key: str) -> str:

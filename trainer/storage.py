@@ -33,6 +33,10 @@ fsynced and renamed over the target (atomic). Object stores have no rename and
 need none: each object is written whole by a single put and becomes visible
 only when complete. Listings are never served from fsspec's cache.
 
+Timeouts. Remote writes get a deadline per attempt (``RetryPolicy.write_timeout_s``,
+60 s plus 1 s per MiB by default): s3fs PUTs to a store that stopped answering
+otherwise hang forever. :meth:`Storage.probe` gives up after 30 s in all.
+
 Errors. Transient failures (timeouts, refused/reset connections, HTTP 5xx, 408,
 429, other I/O errors) are retried with bounded exponential backoff
 (:class:`RetryPolicy`), on top of the backend's own retries, logging a warning
@@ -58,15 +62,16 @@ from dataclasses import dataclass
 log = logging.getLogger("trainer.storage")
 
 PROBE_TIMEOUT_S = 30.0
+_MIN_WRITE_RATE = float(1 << 20)  # bytes/s assumed at worst when bounding a remote write
 
 # Exception type names (anywhere in the cause chain) that mean "try again".
 _TRANSIENT_NAMES = ("Timeout", "ConnectionError", "ConnectorError", "ServerDisconnected", "ConnectionClosed",
                     "IncompleteRead", "ResponseStreamingError", "ClientPayloadError", "ProxyError",
                     "ChunkedEncodingError", "ChecksumError")
 # Local-side errnos that no retry can fix (e.g. a full disk under download()).
-_PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
-                     errno.EINVAL, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
-                     errno.ENOTEMPTY, errno.EMSGSIZE, errno.ENOSYS, errno.EREMCHG}
+_PERMANENT_ERRNOS = {getattr(errno, name) for name in (
+    "ENOENT", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "EROFS", "EINVAL", "ENAMETOOLONG", "EISDIR", "ENOTDIR",
+    "EEXIST", "ENOTEMPTY", "EMSGSIZE", "ENOSYS", "EREMCHG") if hasattr(errno, name)}
 _PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 # Missing or rejected credentials: exception type names, and error codes/phrases in messages.
 _CREDENTIAL_TYPES = ("Credentials", "RefreshError")
@@ -81,13 +86,22 @@ class StorageError(Exception):
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounded exponential backoff: ``attempts`` tries in all, waiting
-    ``base_delay_s * 2**n`` (at most ``max_delay_s``) after the n-th failure."""
+    ``base_delay_s * 2**n`` (at most ``max_delay_s``) after the n-th failure.
+
+    ``write_timeout_s`` bounds one attempt of a remote write (plus 1 s per MiB
+    written); None: unbounded. It is needed because an s3fs PUT to a store that
+    accepts connections but stops answering hangs forever, whatever botocore's
+    ``read_timeout`` says (reads, listings and deletes do honour it)."""
     attempts: int = 5
     base_delay_s: float = 0.2
     max_delay_s: float = 5.0
+    write_timeout_s: float | None = 60.0
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay_s, self.base_delay_s * 2 ** attempt)
+
+    def write_timeout(self, nbytes: int) -> float | None:
+        return None if self.write_timeout_s is None else self.write_timeout_s + nbytes / _MIN_WRITE_RATE
 
 
 # -- error classification ----------------------------------------------------
@@ -165,6 +179,8 @@ def _hint(exc: BaseException, url: str = "") -> str:
             how = "check the credentials in the environment or in --storage-options"
         return f" (hint: {what}; {how})"
     if _is_forbidden(exc):
+        if url and "://" not in url:
+            return " (hint: permission denied; may this user create and delete files there?)"
         return (" (hint: permission denied; the credentials must be allowed to create, read and delete objects "
                 "here: is the bucket read-only for them?)")
     if isinstance(exc, FileNotFoundError) or http_status(exc) == 404 or "NoSuchBucket" in text:
@@ -233,13 +249,22 @@ class Storage:
         rel = self._rel(rel)
         return os.path.join(self.root, rel) if rel else self.root
 
-    def _call(self, what: str, rel: str, method: str, *args, deadline: float | None = None, **kwargs):
-        """fs.<method>(*args) with retries; FileNotFoundError passes through for the caller to judge."""
+    def _call(self, what: str, rel: str, method: str, *args, deadline: float | None = None,
+              attempt_timeout: float | None = None, **kwargs):
+        """fs.<method>(*args) with retries; FileNotFoundError passes through for the caller to judge.
+
+        ``deadline`` (monotonic) bounds all attempts, ``attempt_timeout`` each one; both only
+        for async backends, whose sync wrappers (fsspec.asyn.mirror_sync_methods) take a
+        ``timeout`` that cancels the call, the backend's own retries included."""
         fs = self.fs
         attempt = 0
         while True:
-            if deadline is not None and getattr(fs, "async_impl", False):
-                kwargs["timeout"] = max(0.1, deadline - time.monotonic())  # fsspec's sync() deadline
+            limit = attempt_timeout
+            if deadline is not None:
+                left = max(0.1, deadline - time.monotonic())
+                limit = left if limit is None else min(limit, left)
+            if limit is not None and method in vars(fs):
+                kwargs["timeout"] = limit
             try:
                 return getattr(fs, method)(*args, **kwargs)
             except FileNotFoundError:
@@ -302,7 +327,8 @@ class Storage:
             atomic_write(path, data)
             return
         try:
-            self._call("writing", rel, "pipe_file", self._remote(rel), bytes(data))
+            self._call("writing", rel, "pipe_file", self._remote(rel), bytes(data),
+                       attempt_timeout=self.retry.write_timeout(len(data)))
         except FileNotFoundError as exc:  # no such bucket
             raise self._missing_bucket("writing", rel, exc) from exc
 
@@ -319,7 +345,8 @@ class Storage:
             _atomic_copy(local_path, target)
             return
         try:
-            self._call("uploading to", rel, "put_file", local_path, self._remote(rel))
+            self._call("uploading to", rel, "put_file", local_path, self._remote(rel),
+                       attempt_timeout=self.retry.write_timeout(os.path.getsize(local_path)))
         except FileNotFoundError as exc:
             raise self._missing_bucket("uploading to", rel, exc) from exc
 
@@ -394,7 +421,7 @@ class Storage:
                 ok = self.read_bytes(rel) == payload
                 self.delete(rel)
             except OSError as exc:
-                raise StorageError(f"{prefix}: {_describe(exc)}{_hint(exc)}") from exc
+                raise StorageError(f"{prefix}: {_describe(exc)}{_hint(exc, self.root)}") from exc
             if not ok:
                 raise StorageError(f"{prefix}: {self.url(rel)} read back different bytes than written")
             return
@@ -402,7 +429,8 @@ class Storage:
         path = self._remote(rel)
         step = "writing"
         try:
-            self._call(step, rel, "pipe_file", path, payload, deadline=deadline)
+            self._call(step, rel, "pipe_file", path, payload, deadline=deadline,
+                       attempt_timeout=self.retry.write_timeout(len(payload)))
             step = "reading"
             data = self._call(step, rel, "cat_file", path, deadline=deadline)
             step = "deleting"
