@@ -104,7 +104,13 @@ class CheckpointStore:
                                 for g, vs in groups.items() for p, v in vs.items()}
         shadow = {g: {p: tf.Variable(_value(v), trainable=False) for p, v in vs.items()}
                   for g, vs in groups.items()}
-        self._pairs = [(shadow[g][p], _value(v)) for g, vs in groups.items() for p, v in vs.items()]
+        pairs = [(shadow[g][p], _value(v)) for g, vs in groups.items() for p, v in vs.items()]
+
+        @tf.function
+        def snapshot():  # one graph call instead of hundreds of eager assigns
+            for copy, live in pairs:
+                copy.assign(live)
+        self._snapshot = snapshot
         os.makedirs(local_dir, exist_ok=True)
         self._repair_state_file()
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**shadow), local_dir,
@@ -134,8 +140,7 @@ class CheckpointStore:
         started = time.perf_counter()
         self.writer.wait_idle()  # the writer has finished reading the shadow set
         self.writer.raise_error()
-        for shadow, live in self._pairs:
-            shadow.assign(live)
+        self._snapshot()
         self._last_number += 1
         self.writer.submit((self._last_number, meta))
         self.stats.saves += 1
