@@ -49,6 +49,7 @@ path), except :meth:`Storage.probe`, which always raises ``StorageError``.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -482,14 +483,14 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write a local file so that readers see the old or the new content, never a torn one:
-    a temporary file in the same directory, fsync, rename over the target, fsync the directory.
-    On failure the target is untouched and the temporary file is removed."""
+@contextlib.contextmanager
+def _replacing(path: str):
+    """A temporary file beside ``path``; on success fsync it, rename it over ``path`` and
+    fsync the directory; on failure remove it and leave ``path`` untouched."""
     tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -499,16 +500,13 @@ def atomic_write(path: str, data: bytes) -> None:
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def atomic_write(path: str, data: bytes) -> None:
+    """Write a local file so that readers see the old or the new content, never a torn one."""
+    with _replacing(path) as fh:
+        fh.write(data)
+
+
 def _atomic_copy(src: str, dst: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = _tmp_name(dst)
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    with open(src, "rb") as fin, _replacing(dst) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
