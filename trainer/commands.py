@@ -85,7 +85,8 @@ def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> i
         print("position:         no committed checkpoint yet")
     print("checkpoints kept: " + (", ".join(f"ckpt-{c['number']}@step{c['global_step']}"
                                             for c in info["checkpoints"]) or "none"))
-    print(f"learning rate:    {info['current_lr']}")
+    lr = info["current_lr"]
+    print(f"learning rate:    {lr:.6g}" if isinstance(lr, float) else f"learning rate:    {lr}")
     print(f"pending override: {info['pending_lr_override'] if info['pending_lr_override'] is not None else 'none'}")
     last = info["last_epoch"]
     if last:
