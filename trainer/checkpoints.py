@@ -74,7 +74,6 @@ def checkpoint_key(group: str, var_path: str) -> str:
 @dataclass
 class SaveStats:
     """Timings the benchmarks and the closing log line report."""
-    saves: int = 0
     blocked_s: list = field(default_factory=list)   # training loop stalled per save
     write_s: list = field(default_factory=list)     # background TF write + commit
     upload_s: list = field(default_factory=list)
@@ -143,7 +142,6 @@ class CheckpointStore:
         self._snapshot()
         self._last_number += 1
         self.writer.submit((self._last_number, meta))
-        self.stats.saves += 1
         self.stats.blocked_s.append(time.perf_counter() - started)
         return self._last_number
 
