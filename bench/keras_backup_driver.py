@@ -1,6 +1,6 @@
 """The alternative users have today: one model.fit with keras.callbacks.BackupAndRestore.
 
-Used by bench/preemption.py; same model and data as the trainer's preset. Appends
+Run by bench/preemption.py; same model and data as the trainer's preset. Appends
 one line per executed batch to <backup>/steps.log so the bench can count work.
 """
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402

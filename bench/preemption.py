@@ -2,12 +2,11 @@
 keras.callbacks.BackupAndRestore: steps recomputed, and whether the final weights
 equal an uninterrupted run's.
 
-    python bench/preemption.py [--interrupts 3] [--train-size 4096] [--epochs 3]
+    python -m bench.preemption [--interrupts 3] [--train-size 4096] [--epochs 3]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -18,9 +17,9 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+from bench.common import ENV, ROOT, markdown_table, trainer_cmd, write_json
+
+DRIVER = [sys.executable, "-m", "bench.keras_backup_driver"]  # one model.fit with Keras's BackupAndRestore
 
 
 def interrupted_runs(cmd: list[str], rng: random.Random, k: int, wait_for: str) -> None:
@@ -39,9 +38,8 @@ def ours(args, rng, tmp) -> dict:
     flags = ["--preset", args.preset, "--train-size", str(args.train_size), "--epochs", str(args.epochs),
              "--quiet", "--no-tensorboard", "--save-every-steps", str(args.save_every)]
     ref, run = os.path.join(tmp, "ours-ref"), os.path.join(tmp, "ours-run")
-    subprocess.run([sys.executable, "-m", "trainer", "train", "--run-dir", ref, *flags], cwd=ROOT, env=ENV,
-                   check=True, capture_output=True)
-    cmd = [sys.executable, "-m", "trainer", "train", "--run-dir", run, *flags]
+    subprocess.run(trainer_cmd("train", "--run-dir", ref, *flags), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    cmd = trainer_cmd("train", "--run-dir", run, *flags)
     executed = 0
     for _ in range(args.interrupts):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -70,11 +68,10 @@ def ours(args, rng, tmp) -> dict:
 
 
 def keras_backup(args, rng, tmp) -> dict:
-    driver = os.path.join(ROOT, "bench", "keras_backup_driver.py")
     params = [args.preset, str(args.train_size), str(args.epochs), str(args.save_every)]
     ref, run = os.path.join(tmp, "keras-ref"), os.path.join(tmp, "keras-run")
-    subprocess.run([sys.executable, driver, ref, *params], cwd=ROOT, env=ENV, check=True, capture_output=True)
-    interrupted_runs([sys.executable, driver, run, *params], rng, args.interrupts, "Epoch start")
+    subprocess.run([*DRIVER, ref, *params], cwd=ROOT, env=ENV, check=True, capture_output=True)
+    interrupted_runs([*DRIVER, run, *params], rng, args.interrupts, "Epoch start")
     needed = sum(1 for _ in open(os.path.join(ref, "steps.log")))
     executed = sum(1 for _ in open(os.path.join(run, "steps.log")))
     a, b = np.load(os.path.join(ref, "final.npz")), np.load(os.path.join(run, "final.npz"))
@@ -95,17 +92,13 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     rows = {"ours": ours(args, random.Random(1), tmp),
             f"keras BackupAndRestore(save_freq={args.save_every})": keras_backup(args, random.Random(1), tmp)}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(rows, fh, indent=1)
+    write_json(args.out, rows)
     print(f"{args.interrupts} SIGTERMs at random moments, {args.preset} preset, {args.train_size} images, "
           f"{args.epochs} epochs\n")
-    print("| | steps needed | steps executed | recomputed | final weights bitwise equal | max abs weight diff |")
-    print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['steps_needed']} | {r['steps_executed']} | {r['steps_recomputed']} "
-              f"| {r['bitwise_equal']} | {r['max_abs_weight_diff']:.3g} |")
-
+    print(markdown_table(["", "steps needed", "steps executed", "recomputed", "final weights bitwise equal",
+                          "max abs weight diff"],
+                         [[name, r["steps_needed"], r["steps_executed"], r["steps_recomputed"], r["bitwise_equal"],
+                           f"{r['max_abs_weight_diff']:.3g}"] for name, r in rows.items()]))
 
 if __name__ == "__main__":
     main()

@@ -2,8 +2,8 @@
 ResNet, steered through the LR override file with a real SIGTERM in every phase.
 Reports validation accuracy per phase next to the tutorial's 94.14%.
 
-    python bench/quality.py                      # reduced budget (CPU): a few minutes
-    python bench/quality.py --full               # the tutorial's 40/10/10 epochs on all data (GPU)
+    python -m bench.quality                      # reduced budget (CPU): a few minutes
+    python -m bench.quality --full               # the tutorial's 40/10/10 epochs on all data (GPU)
 """
 from __future__ import annotations
 
@@ -12,22 +12,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+from bench.common import ENV, ROOT, markdown_table, trainer_cmd, write_json
+
 TUTORIAL_VAL_ACCURACY = 0.9414
 
 
 def trainer(*args, interrupt_after: float | None = None) -> int:
-    cmd = [sys.executable, "-m", "trainer", *args]
+    cmd = trainer_cmd(*args)
     if interrupt_after is None:
         return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True).returncode
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
-        if line.startswith("Epoch "):
+        if "start-up:" in line:  # restored; training starts now
             break
     time.sleep(interrupt_after)
     proc.send_signal(signal.SIGTERM)
@@ -63,16 +62,12 @@ def main() -> None:
     report = {"device": device, "budget": "full" if args.full else "reduced", "phases": results,
               "resumes": sum(e["kind"] == "resume" for e in history["events"]),
               "wall_s": round(time.time() - started), "tutorial_val_accuracy": TUTORIAL_VAL_ACCURACY}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(report, fh, indent=1)
+    write_json(args.out, report)
     print(f"reference ResNet, {report['budget']} budget on {device}, {report['resumes']} resumes, "
           f"{report['wall_s']} s\n")
-    print("| phase | lr | epochs | val accuracy | tutorial (final) |\n|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['phase']} | {r['lr']:g} | {r['epochs_done']} | {r['val_accuracy']:.4f} | "
-              f"{TUTORIAL_VAL_ACCURACY:.4f} |")
-
+    print(markdown_table(["phase", "lr", "epochs", "val accuracy", "tutorial (final)"],
+                         [[r["phase"], f"{r['lr']:g}", r["epochs_done"], f"{r['val_accuracy']:.4f}",
+                           f"{TUTORIAL_VAL_ACCURACY:.4f}"] for r in results]))
 
 if __name__ == "__main__":
     main()

@@ -6,10 +6,10 @@ mkdir -p bench/results
 out=bench/results/RESULTS.md
 {
     echo "# Benchmarks ($(date -u +%F), $(nproc) CPUs, $(python3 -c 'import tensorflow as tf; print("GPU" if tf.config.list_physical_devices("GPU") else "CPU only")' 2>/dev/null))"
-    echo; echo "## Throughput of fit (images/s)"; python3 bench/throughput.py --steps 100 --rounds 3
-    echo; echo "## Training stall per checkpoint"; python3 bench/stall.py
-    echo; echo "## Preemption cost"; python3 bench/preemption.py
-    echo; echo "## Signal-to-exit and resume latency"; python3 bench/latency.py
-    echo; echo "## Quality (three-phase schedule)"; python3 bench/quality.py
+    echo; echo "## Throughput of fit (images/s)"; python3 -m bench.throughput --steps 100 --rounds 3
+    echo; echo "## Training stall per checkpoint"; python3 -m bench.stall
+    echo; echo "## Preemption cost"; python3 -m bench.preemption
+    echo; echo "## Signal-to-exit and resume latency"; python3 -m bench.latency
+    echo; echo "## Quality (three-phase schedule)"; python3 -m bench.quality
 } 2> bench/results/stderr.log | tee "$out"
 echo "written: $out"

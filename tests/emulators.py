@@ -11,6 +11,9 @@ Fixtures (load with ``pytest_plugins = ["tests.emulators"]``):
   users' policies; moto ignores bucket policies, so read-only is made with a user policy);
   ``{"endpoint": ..., "admin": options}``. ``s3_read_only_root``: ``(run_url, options)``
   whose credentials may read and list the bucket but not write or delete.
+* ``s3_own_server``: a moto server for one test, as ``(run_url, options, process)``: the test
+  may SIGSTOP the process to play a store that hangs mid-run (connections are accepted by
+  the kernel, nothing answers), and SIGCONT it to bring it back.
 * ``frozen_endpoint``: a URL that accepts connections but never answers (a hung store).
 * ``http_stub``: a factory for small HTTP servers on 127.0.0.1 that answer with an error
   status (optionally only the first N requests, forwarding the rest to a real server):
@@ -27,6 +30,7 @@ import http.client
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -145,6 +149,16 @@ def s3_run_root(s3_server):
     bucket = _bucket_name()
     _boto3("s3", s3_server).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/run", s3_options(s3_server)
+
+
+@pytest.fixture
+def s3_own_server():
+    proc, log, endpoint = _start_moto("moto-own")
+    bucket = _bucket_name()
+    _boto3("s3", endpoint).create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}/run", s3_options(endpoint), proc
+    os.kill(proc.pid, signal.SIGCONT)
+    _stop(proc, log)
 
 
 @pytest.fixture

@@ -70,6 +70,18 @@ def latest_variables(run_dir) -> dict[str, np.ndarray]:
             if k.startswith(("model/", "optimizer/"))}
 
 
+def assert_checkpoint_complete(storage, number: int) -> None:
+    """Every file that checkpoint ``number``'s manifest lists is there, with its size and CRC32."""
+    import json
+    import zlib
+
+    from trainer.checkpoints_index import DIR, MARKER
+    manifest = json.loads(storage.read_text(f"{DIR}/ckpt-{number}{MARKER}"))
+    for name, info in manifest["files"].items():
+        data = storage.read_bytes(f"{DIR}/{name}")
+        assert len(data) == info["size"] and zlib.crc32(data) == info["crc32"], f"ckpt-{number}: {name}"
+
+
 def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from trainer import exitcodes
 from tests import helpers
+from trainer import exitcodes
 
 SHORT = ["--preset", "tiny", "--train-size", "512", "--val-size", "64", "--no-tensorboard",
          "--epochs", "2"]

@@ -542,3 +542,14 @@ def test_is_transient():
 def test_http_status_is_found_through_the_cause_chain():
     assert http_status(_translated(503, "ServiceUnavailable")) == 503
     assert http_status(ValueError()) is None
+
+
+def test_torn_writes_of_dead_processes_are_removed_and_live_ones_spared(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    torn = f"history.json.tmp-{dead.pid}-0123abcd"
+    live = f"config.json.tmp-{os.getpid()}-0123abcd"
+    for name in (torn, live, "history.json"):
+        (tmp_path / name).write_text("x")
+    assert Storage(str(tmp_path)).remove_torn_writes() == [torn]
+    assert sorted(os.listdir(tmp_path)) == sorted([live, "history.json"])

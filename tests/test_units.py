@@ -39,7 +39,8 @@ def test_override_rejects(text):
 @pytest.mark.parametrize("field,value,flag", [
     ("epochs", 0, "--epochs"), ("lr", float("nan"), "--lr"), ("max_to_keep", 1, "--max-to-keep"),
     ("filters", (4,), "--filters"), ("stages", (), "--stages"), ("momentum", 1.0, "--momentum"),
-    ("train_size", 10, "--train-size"), ("save_every_seconds", 0, "--save-every-seconds")])
+    ("train_size", 10, "--train-size"), ("save_every_seconds", 0, "--save-every-seconds"),
+    ("flush_timeout_s", 0, "--flush-timeout-s"), ("flush_timeout_s", float("inf"), "--flush-timeout-s")])
 def test_config_errors_name_the_flag(field, value, flag):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_preset("runs/x", "small", **{field: value})

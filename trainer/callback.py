@@ -17,9 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import monitor
 from .checkpoints import CheckpointStore
-from .storage import StorageError
 from .signals import StopRequest
 from .state import TrainerState
 
@@ -114,15 +112,13 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
 
 class MonitorWriter(keras.callbacks.Callback):
-    """Rewrites history.json/png after each epoch (placed after the checkpoint callback)."""
+    """Hands the history to the history writer after each epoch (placed after the
+    checkpoint callback, so the epoch's checkpoint already holds it)."""
 
-    def __init__(self, storage, state: TrainerState):
+    def __init__(self, writer, state: TrainerState):
         super().__init__()
-        self.storage = storage
+        self.writer = writer
         self.state = state
 
     def on_epoch_end(self, epoch, logs=None):
-        try:
-            monitor.write(self.storage, self.state.history)
-        except (OSError, StorageError) as exc:  # the history is in the checkpoint; rewritten on resume
-            log.warning("could not write %s: %s", self.storage.url(monitor.HISTORY_JSON), exc)
+        self.writer.submit_history(self.state.history)

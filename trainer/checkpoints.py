@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from .checkpoints_index import (
     to_prune,
 )
 from .storage import Storage, StorageError, atomic_write
+from .worker import LatestOnlyWorker
 
 log = logging.getLogger("trainer.checkpoints")
 
@@ -156,7 +156,7 @@ class CheckpointStore:
         return self.uploader.wait_idle(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        self.writer.stop()
+        self.writer.stop(join_s=10.0)  # a local write in progress is worth finishing
         if self.uploader:
             self.uploader.stop()
 
@@ -242,6 +242,7 @@ class CheckpointStore:
                 prefix = os.path.join(self.local_dir, manifest["prefix"])
                 self._check_compatible(prefix, number)
                 self.checkpoint.restore(prefix).expect_partial()
+                self._upload_if_missing(number, manifest)
                 return manifest
             except CorruptCheckpoint as exc:
                 log.warning("checkpoint ckpt-%d is unusable: %s; setting it aside and "
@@ -254,6 +255,15 @@ class CheckpointStore:
                 "nothing was overwritten. Start a new run with another --run-dir, or "
                 "--fresh to archive this one and start over")
         return None
+
+    def _upload_if_missing(self, number: int, manifest: dict) -> None:
+        """A commit that never reached the bucket (the last process was killed or the
+        store was down) is uploaded now, so a run that has nothing left to train still
+        ends with its newest checkpoint in the bucket."""
+        if self.uploader and number not in committed(self._remote_names()):
+            log.info("ckpt-%d is committed in %s but not in %s; uploading it", number, self.local_dir,
+                     self.storage.url(DIR))
+            self.uploader.submit((number, manifest))
 
     def _read_manifest(self, number: int) -> dict:
         name = f"ckpt-{number}{MARKER}"
@@ -330,64 +340,7 @@ class CheckpointStore:
                 log.warning("could not set ckpt-%d aside remotely: %s", number, exc)
 
 
-class _Worker:
-    """A background thread that serves one pending item at a time (newest wins)."""
-
-    def __init__(self, name: str):
-        self._cond = threading.Condition()
-        self._pending = None
-        self._busy = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, item) -> None:
-        with self._cond:
-            self._pending = item
-            self._cond.notify_all()
-
-    def idle(self) -> bool:
-        return self._pending is None and self._busy is None
-
-    def wait_idle(self, timeout_s: float | None = None) -> bool:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._cond:
-            while not self.idle():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(0.5 if left is None else min(left, 0.5))
-            return self.idle()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(timeout=5)
-
-    def _next(self):
-        """Block until there is an item to serve (or we are stopping: None)."""
-        with self._cond:
-            while self._pending is None and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                return None
-            self._busy, self._pending = self._pending, None
-            return self._busy
-
-    def _done(self, retry_item=None) -> None:
-        with self._cond:
-            if retry_item is not None and self._pending is None:
-                self._pending = retry_item
-            self._busy = None
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while (item := self._next()) is not None:
-            self._serve(item)
-
-
-class _Writer(_Worker):
+class _Writer(LatestOnlyWorker):
     """Writes each snapshot with CheckpointManager and commits it; a failed write
     (disk full) is reported to the training loop at its next save or flush."""
 
@@ -423,7 +376,7 @@ class _Writer(_Worker):
         self._done()
 
 
-class _Uploader(_Worker):
+class _Uploader(LatestOnlyWorker):
     """Mirrors committed local checkpoints to the run URL: files first, marker last.
 
     Only the newest waiting commit is uploaded (an older one is superseded),

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("--save-every-seconds", float, "also save every T seconds (default 120)"),
             ("--max-to-keep", int, "committed checkpoints to keep (>= 2, default 3)"),
             ("--data-dir", str, "folder with the four Fashion-MNIST IDX files"),
-            ("--staging-dir", str, "local folder for checkpoints of a remote run dir")):
+            ("--staging-dir", str, "local folder for checkpoints of a remote run dir"),
+            ("--flush-timeout-s", float, "seconds a stop waits for uploads (default 20, under SLURM's KillWait)")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
     _add_storage_flag(t)
     t.add_argument("--no-augment", dest="augment", action="store_false", default=None)
@@ -99,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: getattr(args, k) for k in (
         "epochs", "batch_size", "lr", "momentum", "weight_decay", "stages", "filters", "image_size",
         "train_size", "val_size", "seed", "save_every_steps", "save_every_seconds", "max_to_keep",
-        "data_dir", "staging_dir", "augment", "deterministic", "tensorboard", "quiet")}
+        "data_dir", "staging_dir", "flush_timeout_s", "augment", "deterministic", "tensorboard", "quiet")}
     return TrainConfig.from_preset(args.run_dir, args.preset,
                                    storage_options=_storage_options(args), **overrides)
 

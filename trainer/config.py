@@ -67,6 +67,7 @@ class TrainConfig:
     data_dir: str | None = None
     storage_options: dict = field(default_factory=dict)
     staging_dir: str | None = None
+    flush_timeout_s: float = 20.0  # a stop waits this long for uploads: keep it under SLURM's KillWait (30 s)
     quiet: bool = False
     tensorboard: bool = True
 
@@ -113,6 +114,9 @@ class TrainConfig:
             raise ConfigError("save_every_steps", f"must be >= 1 or unset, got {self.save_every_steps}")
         if self.save_every_seconds is not None and not (self.save_every_seconds > 0):
             raise ConfigError("save_every_seconds", f"must be > 0 or unset, got {self.save_every_seconds}")
+        if not (isinstance(self.flush_timeout_s, (int, float)) and 0 < self.flush_timeout_s < math.inf):
+            raise ConfigError("flush_timeout_s", f"must be a number of seconds > 0, got {self.flush_timeout_s!r}",
+                              "keep it under the scheduler's grace period (SLURM KillWait: 30 s)")
         if self.max_to_keep < 2:
             raise ConfigError("max_to_keep", f"must be >= 2, got {self.max_to_keep}",
                               "keeping two means a corrupt newest checkpoint can fall back")

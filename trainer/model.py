@@ -1,7 +1,10 @@
 """The pre-activation bottleneck ResNet of the start/stop/resume tutorial."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
+import tensorflow as tf
 from keras import layers, regularizers
 
 BN_EPSILON = 2e-5
@@ -46,3 +49,27 @@ def compile_model(model: keras.Model, lr: float, momentum: float) -> None:
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=False)
+
+
+@dataclass
+class TrainingModel:
+    """A compiled model and the variables a checkpoint holds, grouped by owner."""
+    model: keras.Model
+    state: tf.Variable  # the trainer's JSON state, checkpointed with the weights
+    groups: dict
+
+
+def build_for_training(cfg) -> TrainingModel:
+    """Build and compile ``cfg``'s model with its optimizer slots and metric variables
+    created now: Keras creates them lazily at the first step, too late to restore into."""
+    model = build_resnet(cfg.image_size, cfg.stages, cfg.filters, cfg.weight_decay)
+    compile_model(model, cfg.lr, cfg.momentum)
+    sample = (tf.zeros((cfg.batch_size, cfg.image_size, cfg.image_size, 1)),
+              tf.zeros((cfg.batch_size,), tf.int32))
+    model._symbolic_build(data_batch=sample)  # noqa: SLF001 - Keras has no public way to do this
+    model.optimizer.build(model.trainable_variables)
+    state = tf.Variable("", dtype=tf.string, trainable=False)
+    groups = {"model": {v.path: v for v in model.variables},
+              "optimizer": {v.path: v for v in model.optimizer.variables},
+              "trainer": {"state": state}}
+    return TrainingModel(model, state, groups)

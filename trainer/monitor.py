@@ -2,12 +2,19 @@
 
 The history itself travels inside every checkpoint, so after a resume it is
 exactly the history up to the restored point (nothing duplicated) and these
-two files are simply rewritten from it.
+two files are simply rewritten from it. They are written off the training
+thread: a slow or hung object store must not stall an epoch.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
+
+from .storage import StorageError
+from .worker import LatestOnlyWorker
+
+log = logging.getLogger("trainer")
 
 HISTORY_JSON = "history.json"
 HISTORY_PNG = "history.png"
@@ -25,9 +32,24 @@ def add_event(history: dict, kind: str, *, epoch: int, step_in_epoch: int, steps
                               "global_step": global_step, **details})
 
 
-def write(storage, history: dict) -> None:
-    storage.write_text(HISTORY_JSON, json.dumps(history, indent=1) + "\n")
-    storage.write_bytes(HISTORY_PNG, render_png(history))
+class HistoryWriter(LatestOnlyWorker):
+    """Writes the newest submitted history; a failure is a warning (the history is
+    also in every checkpoint, and the files are rewritten at the next epoch or start)."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        super().__init__("history-writer")
+
+    def submit_history(self, history: dict) -> None:
+        self.submit(json.dumps(history, indent=1) + "\n")  # a snapshot: training goes on changing it
+
+    def _serve(self, text: str) -> None:
+        try:
+            self.storage.write_text(HISTORY_JSON, text)
+            self.storage.write_bytes(HISTORY_PNG, render_png(json.loads(text)))
+        except (OSError, StorageError) as exc:
+            log.warning("could not write %s: %s", self.storage.url(HISTORY_JSON), exc)
+        self._done()
 
 
 def render_png(history: dict) -> bytes:

@@ -27,7 +27,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, TrainConfig
 from .data import DataError
-from .model import build_resnet, compile_model
+from .model import build_for_training
 from .progress import ProgressLogger
 from .signals import StopRequest
 from .state import TrainerState
@@ -36,7 +36,7 @@ from .storage import Storage, StorageError
 log = logging.getLogger("trainer")
 
 CONFIG_FILE = "config.json"
-FLUSH_TIMEOUT_S = 60.0
+FINAL_FLUSH_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -88,6 +88,9 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
         storage.probe()
     if fresh:
         _archive(storage)
+    torn = storage.remove_torn_writes()
+    if torn:
+        log.warning("removed %d temporary file(s) of writes cut short by a kill: %s", len(torn), ", ".join(torn))
     pending = lr_override.read_pending(storage)  # a bad file stops us before anything is touched
     _check_or_write_config(storage, cfg)
     if stop.requested:  # stopped during start-up: nothing to save yet
@@ -107,24 +110,12 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
     val_ds = pipeline.eval_dataset(x_val, y_val, batch_size=cfg.batch_size, image_size=cfg.image_size)
 
     timings["data"], mark = time.monotonic() - mark, time.monotonic()
-    model = build_resnet(cfg.image_size, cfg.stages, cfg.filters, cfg.weight_decay)
-    compile_model(model, cfg.lr, cfg.momentum)
-    # Create optimizer slots and metric variables now, so that they can be
-    # restored before the first step (Keras would create them lazily).
-    sample = next(iter(pipeline.train_dataset(x_train[: cfg.batch_size], y_train[: cfg.batch_size],
-                                              seed=cfg.seed, epoch=0, start_step=0,
-                                              batch_size=cfg.batch_size, image_size=cfg.image_size,
-                                              augment=False)))
-    model._symbolic_build(data_batch=sample)
-    model.optimizer.build(model.trainable_variables)
-
-    state_var = tf.Variable("", dtype=tf.string, trainable=False)
-    groups = {"model": {v.path: v for v in model.variables},
-              "optimizer": {v.path: v for v in model.optimizer.variables},
-              "trainer": {"state": state_var}}
+    built = build_for_training(cfg)
+    model, state_var = built.model, built.state
     local_dir = (storage.local_path("checkpoints") if not storage.is_remote
                  else os.path.join(staging_dir(cfg, storage), "checkpoints"))
-    store = CheckpointStore(groups, storage, local_dir, cfg.max_to_keep)
+    store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep)
+    writers = _Writers(store, monitor.HistoryWriter(storage), cfg.flush_timeout_s)
     timings["model"], mark = time.monotonic() - mark, time.monotonic()
     try:
         store.cleanup_stale()
@@ -145,18 +136,18 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
                                        cfg.save_every_steps, cfg.save_every_seconds)
         callback.set_model(model)
         if pending:
-            _apply_override(pending, state, model, callback, storage, steps)
-        monitor.write(storage, state.history)
+            _apply_override(pending, state, model, callback, writers, steps)
+        writers.history.submit_history(state.history)
 
         if state.epoch >= cfg.epochs:
             print(f"training already complete: {state.epoch}/{cfg.epochs} epochs "
                   f"(global step {state.global_step}); nothing to do. Raise --epochs to train longer.",
                   flush=True)
-            return Outcome(exitcodes.DONE, state, None, _last_metrics(state))
+            return _finished(writers, state, None)
         if stop.requested:
-            return _stopped(stop, state, steps, None, store, resume_command)
+            return _stopped(stop, state, steps, None, writers, resume_command)
 
-        callbacks = [callback, MonitorWriter(storage, state),
+        callbacks = [callback, MonitorWriter(writers.history, state),
                      ProgressLogger(state, steps, cfg.epochs, cfg.quiet)]
         if cfg.tensorboard:
             tb_dir = (storage.local_path("tensorboard") if not storage.is_remote
@@ -172,17 +163,16 @@ def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest
                 model.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
                           callbacks=callbacks, verbose=0, shuffle=False)
         except Interrupted as exc:
-            return _stopped(stop, state, steps, exc.checkpoint, store, resume_command)
-        _flush(store, "final")
-        metrics = _last_metrics(state)
+            return _stopped(stop, state, steps, exc.checkpoint, writers, resume_command)
         print(f"training complete: {state.epoch} epochs, global step {state.global_step}, "
-              f"final {json.dumps(metrics)}", flush=True)
-        return Outcome(exitcodes.DONE, state, callback.last_checkpoint, metrics)
+              f"final {json.dumps(_last_metrics(state))}", flush=True)
+        return _finished(writers, state, callback.last_checkpoint)
     finally:
-        store.close()
+        writers.close()
 
 
-def _apply_override(pending, state: TrainerState, model, callback, storage, steps: int) -> None:
+def _apply_override(pending, state: TrainerState, model, callback, writers, steps: int) -> None:
+    storage = writers.store.storage
     value, digest = pending
     if digest in state.applied_overrides:
         log.info("lr_override (%g) was already applied before the last stop; marking it consumed", value)
@@ -197,27 +187,48 @@ def _apply_override(pending, state: TrainerState, model, callback, storage, step
                       time=time.time(), **{"from": old})
     state.applied_overrides.append(digest)
     callback.save("lr override")   # the new rate is durable before the file is marked consumed
-    _flush(callback.store, "lr override")
+    writers.flush("lr override")
     lr_override.mark_consumed(storage, value, digest, state.global_step)
 
 
-def _flush(store, why: str) -> bool:
-    started = time.monotonic()
-    ok = store.flush(FLUSH_TIMEOUT_S)
-    if store.storage.is_remote:
-        if ok:
-            log.info("upload flushed (%s) in %.2fs", why, time.monotonic() - started)
-        else:
-            log.error("upload did not finish within %.0fs (%s); the newest checkpoint is kept "
-                      "locally in %s and will be uploaded by the next start on this machine",
-                      FLUSH_TIMEOUT_S, why, store.local_dir)
-    return ok
+@dataclass
+class _Writers:
+    """The run's background writers: checkpoints (with uploads) and the history files."""
+    store: CheckpointStore
+    history: monitor.HistoryWriter
+    timeout_s: float
+
+    def flush(self, why: str, timeout_s: float | None = None) -> bool:
+        """Wait (at most ``timeout_s``, default the stop budget) until both have written everything."""
+        timeout_s = timeout_s or self.timeout_s
+        started = time.monotonic()
+        ok = self.store.flush(timeout_s)
+        self.history.wait_idle(max(0.0, timeout_s - (time.monotonic() - started)))
+        if self.store.storage.is_remote:
+            if ok:
+                log.info("upload flushed (%s) in %.2fs", why, time.monotonic() - started)
+            else:
+                log.error("upload did not finish within %gs (%s); the newest checkpoint is kept "
+                          "locally in %s and the next start on this machine uploads it",
+                          timeout_s, why, self.store.local_dir)
+        return ok
+
+    def close(self) -> None:
+        self.store.close()
+        self.history.stop()
 
 
-def _stopped(stop, state, steps, checkpoint, store, resume_command) -> Outcome:
+def _finished(writers: _Writers, state: TrainerState, checkpoint: int | None) -> Outcome:
+    """Done only once the final checkpoint is in the run dir (no kill deadline here, so the
+    upload gets minutes); else a storage error: re-running on this machine uploads it."""
+    code = exitcodes.DONE if writers.flush("final", FINAL_FLUSH_TIMEOUT_S) else exitcodes.STORAGE_ERROR
+    return Outcome(code, state, checkpoint, _last_metrics(state))
+
+
+def _stopped(stop, state, steps, checkpoint, writers, resume_command) -> Outcome:
     import signal as _signal
-    if store is not None:
-        _flush(store, "stop")
+    if writers is not None:
+        writers.flush("stop")
     name = _signal.Signals(stop.signum).name
     took = time.monotonic() - stop.received_at if stop.received_at else 0.0
     where = f"checkpoint ckpt-{checkpoint}" if checkpoint else "no new checkpoint needed"

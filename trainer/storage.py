@@ -53,6 +53,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -383,6 +384,16 @@ class Storage:
         names = {e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != base}
         return sorted(n for n in names if n)
 
+    def remove_torn_writes(self, rel: str = "") -> list[str]:
+        """Delete the temporary files that writers killed inside an atomic write left in
+        ``rel`` (local only: a remote write is one PUT). Files of live processes stay."""
+        if self.is_remote:
+            return []
+        torn = [n for n in self.listdir(rel) if _writer_gone(n)]
+        for name in torn:
+            _remove_quietly(self._local(os.path.join(rel, name)))
+        return torn
+
     def delete(self, rel: str) -> None:
         """Delete a file; a missing one is not an error."""
         if not self.is_remote:
@@ -461,6 +472,19 @@ def _open_fs(root: str, options: dict):
 def _tmp_name(path: str) -> str:
     # ".tmp-" marks leftovers for checkpoints_index.leftovers(); unique per process and thread
     return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _writer_gone(name: str) -> bool:
+    match = re.search(r"\.tmp-(\d+)-[0-9a-f]+$", name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by someone else
+        return False
+    return False
 
 
 def _remove_quietly(path: str) -> None:
