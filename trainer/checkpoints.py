@@ -129,10 +129,6 @@ class CheckpointStore:
         names = self._local_names() + self._remote_names()
         return {n for n in map(number_of, names) if n is not None}
 
-    def committed_numbers(self) -> list[int]:
-        return sorted(set(committed(self._local_names())) |
-                      set(committed(self._remote_names())), reverse=True)
-
     # ----------------------------------------------------------------- saving
     def save(self, meta: dict) -> int:
         """Snapshot the variables and hand them to the writer; returns the checkpoint number."""
@@ -235,14 +231,20 @@ class CheckpointStore:
         Corrupt checkpoints are set aside with a warning and the previous one is
         tried. None only when the run has no committed checkpoint at all.
         """
-        candidates = self.committed_numbers()
+        in_bucket = set(committed(self._remote_names()))
+        candidates = sorted(set(committed(self._local_names())) | in_bucket, reverse=True)
         for number in candidates:
             try:
                 manifest = self._fetch_and_verify(number)
                 prefix = os.path.join(self.local_dir, manifest["prefix"])
                 self._check_compatible(prefix, number)
                 self.checkpoint.restore(prefix).expect_partial()
-                self._upload_if_missing(number, manifest)
+                if self.uploader and number not in in_bucket:
+                    # never reached the bucket (killed, or the store was down): upload it now, so
+                    # that a run with nothing left to train still ends with it in the bucket
+                    log.info("ckpt-%d is committed in %s but not in %s; uploading it", number,
+                             self.local_dir, self.storage.url(DIR))
+                    self.uploader.submit((number, manifest))
                 return manifest
             except CorruptCheckpoint as exc:
                 log.warning("checkpoint ckpt-%d is unusable: %s; setting it aside and "
@@ -255,15 +257,6 @@ class CheckpointStore:
                 "nothing was overwritten. Start a new run with another --run-dir, or "
                 "--fresh to archive this one and start over")
         return None
-
-    def _upload_if_missing(self, number: int, manifest: dict) -> None:
-        """A commit that never reached the bucket (the last process was killed or the
-        store was down) is uploaded now, so a run that has nothing left to train still
-        ends with its newest checkpoint in the bucket."""
-        if self.uploader and number not in committed(self._remote_names()):
-            log.info("ckpt-%d is committed in %s but not in %s; uploading it", number, self.local_dir,
-                     self.storage.url(DIR))
-            self.uploader.submit((number, manifest))
 
     def _read_manifest(self, number: int) -> dict:
         name = f"ckpt-{number}{MARKER}"
