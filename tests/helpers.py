@@ -1,8 +1,10 @@
 """Running the real trainer CLI in subprocesses, and reading its checkpoints."""
 from __future__ import annotations
 
+import json
 import os
-import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--train-size", "2048", "--val-size", "128", "--epochs", "3",
         "--no-tensorboard", "--save-every-steps", "40"]
+TINY_STEPS = 64  # steps per epoch of TINY
+STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+) \(global step (\d+)\); checkpoint ckpt-(\d+)")
 
 
 def env() -> dict:
@@ -45,17 +49,63 @@ def wait_for(proc: subprocess.Popen, needle: str, timeout=120) -> str:
     raise AssertionError(f"timeout waiting for {needle!r}")
 
 
-def interrupt_run(args, sig: int, rng: random.Random, epochs: int) -> tuple[int, str]:
-    """Start training, signal it at a random moment inside a random epoch, return (code, output)."""
-    proc = start(args)
-    out = wait_for(proc, f"Epoch {rng.randint(1, epochs)}/")
-    time.sleep(rng.uniform(0.05, 0.8))
+def wait_for_step(proc: subprocess.Popen, target: int, timeout=300) -> tuple[str, int | None]:
+    """Read the output of a run started with ``--log-every-steps 1`` until it reports global step
+    >= ``target``; (everything read, the step reached), or (output, None) if it ended first."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            return "".join(seen), None
+        seen.append(line)
+        if line.startswith("STEP "):
+            step = json.loads(line[5:])["global_step"]
+            if step >= target:
+                return "".join(seen), step
+    raise AssertionError(f"timeout waiting for global step {target}:\n{''.join(seen)[-3000:]}")
+
+
+def interrupt_at_step(args, sig: int, target: int) -> tuple[int, str]:
+    """Start training, send ``sig`` once it reports global step ``target`` (the stop lands at a
+    later step boundary: how much later depends on the machine). (exit code, output); exit
+    code 0 when the run finished before reaching ``target``."""
+    proc = start([*args, "--log-every-steps", "1"])
+    out, reached = wait_for_step(proc, target)
     sent = time.monotonic()
-    proc.send_signal(sig)
+    if reached is not None:
+        proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=120)
-    out += rest
-    out += f"\n[test] signal-to-exit {time.monotonic() - sent:.3f}s\n"
+    out += rest + f"\n[test] signal-to-exit {time.monotonic() - sent:.3f}s\n"
     return proc.returncode, out
+
+
+def stop_of(out: str) -> tuple[int, ...]:
+    """(epoch, step, steps, global step, checkpoint) of the trainer's stop line."""
+    match = STOP_LINE.search(out)
+    assert match, out
+    return tuple(int(g) for g in match.groups())
+
+
+def user_job(folder: Path) -> Path:
+    """A copy of tests/user_job.py in ``folder`` (outside the repo), as a user would write it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "my_job.py"
+    shutil.copy(ROOT / "tests" / "user_job.py", target)
+    return target
+
+
+class Gate:
+    """How many batches the user job (``--gate FILE``) may produce; the test opens it step by step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.allow(0)
+
+    def allow(self, batches: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(str(batches))
+        os.replace(tmp, self.path)
 
 
 def latest_variables(run_dir) -> dict[str, np.ndarray]:

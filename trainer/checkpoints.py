@@ -235,10 +235,7 @@ class CheckpointStore:
         candidates = sorted(set(committed(self._local_names())) | in_bucket, reverse=True)
         for number in candidates:
             try:
-                manifest = self._fetch_and_verify(number)
-                prefix = os.path.join(self.local_dir, manifest["prefix"])
-                self._check_compatible(prefix, number)
-                self.checkpoint.restore(prefix).expect_partial()
+                manifest = self.restore(number)
                 if self.uploader and number not in in_bucket:
                     # never reached the bucket (killed, or the store was down): upload it now, so
                     # that a run with nothing left to train still ends with it in the bucket
@@ -257,6 +254,15 @@ class CheckpointStore:
                 "nothing was overwritten. Start a new run with another --run-dir, or "
                 "--fresh to archive this one and start over")
         return None
+
+    def restore(self, number: int) -> dict:
+        """Verify and restore committed checkpoint ``number`` (no fallback); its manifest.
+        CorruptCheckpoint if it fails verification, IncompatibleCheckpoint for another model."""
+        manifest = self._fetch_and_verify(number)
+        prefix = os.path.join(self.local_dir, manifest["prefix"])
+        self._check_compatible(prefix, number)
+        self.checkpoint.restore(prefix).expect_partial()
+        return manifest
 
     def _read_manifest(self, number: int) -> dict:
         name = f"ckpt-{number}{MARKER}"

@@ -72,3 +72,34 @@ def leftovers(names) -> list[str]:
     keep = set(committed(names)) | set_aside(names)
     return sorted(n for n in names if (number_of(n) is not None and number_of(n) not in keep)
                   or ".tmp-" in n)
+
+
+class UnknownCheckpoint(ValueError):
+    """A ``--from`` reference that names no committed checkpoint (exit code 2)."""
+
+
+_REFERENCE = re.compile(r"^(?:ckpt-(\d+)|epoch-(\d+))$")
+
+
+def describe(manifest: dict) -> str:
+    where = (f"end of epoch {manifest.get('epoch')}" if manifest.get("step_in_epoch") == 0
+             else f"epoch {manifest.get('epoch', 0) + 1} step {manifest.get('step_in_epoch')}")
+    return f"ckpt-{manifest['number']} ({where}{', milestone' if manifest.get('milestone') else ''})"
+
+
+def resolve(storage, reference: str, flag: str = "--from") -> dict:
+    """The manifest of the committed checkpoint ``ckpt-N``, or of the end of epoch E (``epoch-E``)."""
+    match = _REFERENCE.match(reference.strip())
+    manifests = committed_manifests(storage)
+    kept = ", ".join(describe(m) for m in manifests) or "none"
+    if not match:
+        raise UnknownCheckpoint(f"{flag} {reference}: expected ckpt-N or epoch-E (kept: {kept})")
+    number, epoch = match.groups()
+    if number is not None:
+        found = [m for m in manifests if m["number"] == int(number)]
+    else:
+        found = [m for m in manifests if m.get("epoch") == int(epoch) and m.get("step_in_epoch") == 0]
+    if not found:
+        raise UnknownCheckpoint(f"{flag} {reference}: no committed checkpoint of that name in "
+                                f"{storage.url(DIR)} (kept: {kept})")
+    return found[0]

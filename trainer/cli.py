@@ -1,7 +1,9 @@
-"""Command line: ``python -m trainer {train,lr,status}``.
+"""Command line: ``python -m trainer {train,lr,status,export}`` (or the ``trainer`` script).
 
-The only place that parses flags; it turns them into a TrainConfig and maps
-errors to the exit codes of ``trainer.exitcodes``.
+The only place that parses flags. ``train`` parses in two stages: ``--job``
+first, then the trainer's flags together with the flags generated from the
+job's ``Settings`` dataclass (so ``--help`` lists them). Errors map to the
+exit codes of ``trainer.exitcodes``.
 """
 from __future__ import annotations
 
@@ -13,24 +15,13 @@ import shlex
 import sys
 
 from . import exitcodes
-from .config import PRESETS, ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig
 from .signals import StopRequest
 
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 9,9,9, got {text!r}")
-
-
-def _size(text: str):
-    if text == "all":
-        return "all"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', got {text!r}")
+PROG = "python -m trainer"
+TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "save_every_steps", "save_every_seconds",
+                 "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_s",
+                 "quiet", "log_every_steps", "tensorboard", "export")
 
 
 def _json_object(text: str) -> dict:
@@ -50,59 +41,79 @@ def _add_storage_flag(p: argparse.ArgumentParser) -> None:
                         "(default: $TRAINER_STORAGE_OPTIONS)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up log lines")
 
-    t = sub.add_parser("train", help="start or resume training",
-                       description="Start a run, or resume it from its latest checkpoint.")
+
+def train_parser(job=None) -> argparse.ArgumentParser:
+    """The ``train`` flags; with ``job``, also the job's presets and settings."""
+    t = argparse.ArgumentParser(prog=f"{PROG} train", description="Start a run, or resume it from its "
+                                "latest checkpoint. Re-running the same command always resumes.")
     t.add_argument("--run-dir", required=True, help="local folder or fsspec URL (gs://, s3://, ...)")
-    t.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                   help="small: minutes on a laptop CPU (default); reference: the tutorial's ResNet")
+    t.add_argument("--job", default=None, help="a job file (path/to/job.py) or module (mypkg.jobs.cifar); "
+                                               "default: jobs/fashion_mnist.py")
+    presets = sorted(job.presets) if job else []
+    t.add_argument("--preset", default=None, choices=presets or None,
+                   help=f"the job's named settings ({', '.join(presets) or 'none'}; default: "
+                        f"{job.default_preset if job else '-'})")
     t.add_argument("--fresh", action="store_true",
                    help="start over; an existing local run is moved to <run-dir>.bak-<time>")
     for flag, kind, helptext in (
-            ("--epochs", int, "total epochs of the run"), ("--batch-size", int, None),
-            ("--lr", float, "initial learning rate (use `lr` to change a running run)"),
-            ("--momentum", float, None), ("--weight-decay", float, "L2 factor"),
-            ("--stages", _int_list, "residual blocks per stage, e.g. 9,9,9"),
-            ("--filters", _int_list, "stem + per-stage filters, e.g. 64,64,128,256"),
-            ("--image-size", int, None), ("--train-size", _size, "training images or 'all'"),
-            ("--val-size", _size, "validation images or 'all'"), ("--seed", int, None),
+            ("--epochs", int, "total epochs of the run (default: the preset's or the job's EPOCHS)"),
+            ("--seed", int, "seeds the model's initial weights and every epoch's order (default 42)"),
+            ("--strategy", str, "auto (default), default, mirrored or multi-worker"),
             ("--save-every-steps", int, "also save every N steps"),
             ("--save-every-seconds", float, "also save every T seconds (default 120)"),
-            ("--max-to-keep", int, "committed checkpoints to keep (>= 2, default 3)"),
-            ("--data-dir", str, "folder with the four Fashion-MNIST IDX files"),
+            ("--max-to-keep", int, "newest committed checkpoints to keep (>= 2, default 3)"),
+            ("--keep-every-epochs", int, "keep the checkpoint of every N-th epoch for good (default 5)"),
+            ("--lr-poll-seconds", float, "how often a running run looks for `lr` requests (default 10)"),
+            ("--log-every-steps", int, "print a STEP line every N steps (for log files)"),
             ("--staging-dir", str, "local folder for checkpoints of a remote run dir"),
             ("--flush-timeout-s", float, "seconds a stop waits for uploads (default 20, under SLURM's KillWait)")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
     _add_storage_flag(t)
-    t.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     t.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
                    help="allow nondeterministic TF ops (faster on some GPUs, resume no longer bitwise exact)")
     t.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
+    t.add_argument("--no-export", dest="export", action="store_false", default=None,
+                   help="do not write <run-dir>/model.keras at the end")
     t.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    _add_verbose_flag(t)
+    if job is not None and job.settings_cls is not None:
+        from .settings import add_flags
+        add_flags(t, job.settings_cls, {a for action in t._actions for a in action.option_strings},
+                  job.label)
+    return t
 
-    lr = sub.add_parser("lr", help="set the learning rate applied at the next start",
-                        description="Write <run-dir>/lr_override; the next start applies it.")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="start or resume training (`train --help` lists its flags)", add_help=False)
+
+    lr = sub.add_parser("lr", help="change a run's learning rate",
+                        description="Request a learning-rate change: a run that is training applies it at "
+                                    "a step boundary within --lr-poll-seconds (10 s by default); a stopped "
+                                    "run applies it when it resumes.")
     lr.add_argument("run_dir")
     lr.add_argument("value", help="e.g. 1e-2")
+    lr.add_argument("--at-epoch", type=int, default=None, metavar="E",
+                    help="apply it when epoch E begins (0-based: after E epochs; queue a schedule in advance)")
     _add_storage_flag(lr)
 
     st = sub.add_parser("status", help="show where a run is")
     st.add_argument("run_dir")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     _add_storage_flag(st)
+
+    ex = sub.add_parser("export", help="write a kept checkpoint as a .keras model file")
+    ex.add_argument("run_dir")
+    ex.add_argument("out", help="where to write it, e.g. model.keras (a local path or fsspec URL)")
+    ex.add_argument("--from", dest="source", default=None, metavar="ckpt-N|epoch-E",
+                    help="which checkpoint (default: the newest)")
+    _add_storage_flag(ex)
+    _add_verbose_flag(ex)
     return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {k: getattr(args, k) for k in (
-        "epochs", "batch_size", "lr", "momentum", "weight_decay", "stages", "filters", "image_size",
-        "train_size", "val_size", "seed", "save_every_steps", "save_every_seconds", "max_to_keep",
-        "data_dir", "staging_dir", "flush_timeout_s", "augment", "deterministic", "tensorboard", "quiet")}
-    return TrainConfig.from_preset(args.run_dir, args.preset,
-                                   storage_options=_storage_options(args), **overrides)
 
 
 def _storage_options(args) -> dict:
@@ -117,33 +128,75 @@ def _storage_options(args) -> dict:
         raise ConfigError("storage_options", f"$TRAINER_STORAGE_OPTIONS: {exc}") from None
 
 
-def setup_logging() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def setup_logging(verbose: bool = False) -> None:
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="[trainer] %(levelname)s %(message)s")
     for noisy in ("absl", "tensorflow", "fsspec", "botocore", "aiobotocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def parse_train(argv: list[str]):
+    """(TrainConfig, loaded job, args) from ``train`` arguments; loads the job to know its flags."""
+    from .job import load
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--job", default=None)
+    first.add_argument("--verbose", action="store_true")
+    known, _ = first.parse_known_args(argv)
+    setup_logging(known.verbose)
+    job = load(known.job)
+    args = train_parser(job).parse_args(argv)
+    job_values = {}
+    if job.settings_cls is not None:
+        from .settings import fields
+        job_values = {f.name: getattr(args, f.name) for f, _ in fields(job.settings_cls)}
+    _, preset_epochs = job.choose(args.preset, job_values)
+    overrides = {k: getattr(args, k) for k in TRAINER_FLAGS if getattr(args, k) is not None}
+    overrides.setdefault("epochs", preset_epochs)
+    if overrides["epochs"] is None:
+        raise ConfigError("epochs", f"job {job.label} sets no default number of epochs",
+                          "pass --epochs N, or set EPOCHS in the job")
+    cfg = TrainConfig(args.run_dir, storage_options=_storage_options(args), **overrides)
+    return cfg, job, args
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        return _train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(getattr(args, "verbose", False))
     log = logging.getLogger("trainer")
     try:
-        if args.command == "train":
-            cfg = config_from_args(args)
-            # Catch stop signals before the slow TensorFlow import, so that even
-            # a signal during start-up ends with the documented exit code.
-            with StopRequest() as stop:
-                from .run import train
-                resume = "python -m trainer " + shlex.join(a for a in argv if a != "--fresh")
-                return train(cfg, fresh=args.fresh, resume_command=resume, stop=stop).exit_code
         if args.command == "lr":
             from .commands import set_lr
-            return set_lr(args.run_dir, args.value, _storage_options(args))
+            return set_lr(args.run_dir, args.value, _storage_options(args), args.at_epoch)
+        if args.command == "export":
+            from .commands import export_model
+            return export_model(args.run_dir, args.out, args.source, _storage_options(args))
         from .commands import show_status
         return show_status(args.run_dir, _storage_options(args), as_json=args.json)
     except ConfigError as exc:
         log.error("%s", exc)
         return exitcodes.BAD_INPUT
+
+
+def _train_main(argv: list[str]) -> int:
+    from .job import JobError
+    from .settings import SettingError
+    log = logging.getLogger("trainer")
+    # Catch stop signals before the slow TensorFlow and job imports, so that even
+    # a signal during start-up ends with the documented exit code.
+    with StopRequest() as stop:
+        try:
+            cfg, job, args = parse_train(argv)
+        except (ConfigError, JobError, SettingError, ValueError) as exc:
+            setup_logging()
+            log.error("%s", exc)
+            return exitcodes.BAD_INPUT
+        from .run import train
+        resume = f"{PROG} train " + shlex.join(a for a in argv if a != "--fresh")
+        return train(cfg, job, fresh=args.fresh, resume_command=resume, stop=stop).exit_code

@@ -1,31 +1,40 @@
-"""The small commands: ``lr`` (request a learning-rate change) and ``status``.
+"""The small commands: ``lr`` (request a learning-rate change), ``status`` and ``export``.
 
-Neither imports TensorFlow: everything they show comes from the commit
-markers, ``history.json`` and the override files.
+``lr`` and ``status`` never import TensorFlow: what they show comes from the
+commit markers, ``history.json`` and the request files. ``export`` rebuilds
+the run's job to restore a checkpoint into it.
 """
 from __future__ import annotations
 
 import json
 
 from . import exitcodes, lr_override
-from .checkpoints_index import committed_manifests
+from .checkpoints_index import DIR, UnknownCheckpoint, committed_manifests, resolve
 from .monitor import HISTORY_JSON
 from .storage import Storage, StorageError
 
 
-def set_lr(run_dir: str, value: str, storage_options: dict) -> int:
+def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None = None) -> int:
     storage = Storage(run_dir, storage_options)
     try:
-        lr = lr_override.request(storage, value)
+        info = collect_status(storage)
+        if at_epoch is not None and info["latest"] and info["latest"]["epoch"] > at_epoch:
+            print(f"error: --at-epoch {at_epoch}: the run is already past it (it has done "
+                  f"{info['latest']['epoch']} epochs); use `lr {run_dir} {value}` to change the rate now")
+            return exitcodes.BAD_INPUT
+        lr, name = lr_override.request(storage, value, at_epoch)
     except lr_override.OverrideError as exc:
         print(f"error: {exc}")
         return exitcodes.BAD_INPUT
     except StorageError as exc:
         print(f"error: {exc}")
         return exitcodes.STORAGE_ERROR
-    print(f"wrote {storage.url(lr_override.PENDING)}: learning rate {lr:g} will be applied when the run "
-          "next starts or resumes (stop a running job with ctrl+c / SIGTERM and re-run the same "
-          "train command; a SLURM job picks it up at its next requeue)")
+    if at_epoch is None:
+        when = ("a run that is training applies it at a step boundary within its --lr-poll-seconds "
+                "(10 s by default); a stopped run applies it when it resumes")
+    else:
+        when = f"applied when epoch {at_epoch} begins (after {at_epoch} epochs; shown as Epoch {at_epoch + 1})"
+    print(f"wrote {storage.url(name)}: learning rate {lr:g}; {when}")
     return exitcodes.DONE
 
 
@@ -36,28 +45,38 @@ def collect_status(storage: Storage) -> dict:
         history = json.loads(storage.read_text(HISTORY_JSON))
     except (FileNotFoundError, ValueError):
         history = {"epochs": [], "events": []}
-    try:
-        pending = lr_override.parse(storage.read_text(lr_override.PENDING))
-    except FileNotFoundError:
-        pending = None
-    except lr_override.OverrideError as exc:
-        pending = f"INVALID: {exc}"
+    pending = []
+    for name in lr_override.request_names(storage.listdir("")):
+        try:
+            req = lr_override.read(storage, name)
+            if req:
+                pending.append({"lr": req.value, "at_epoch": req.at_epoch, "file": name})
+        except lr_override.OverrideError as exc:
+            pending.append({"file": name, "error": str(exc)})
     try:
         config = json.loads(storage.read_text("config.json"))
     except (FileNotFoundError, ValueError):
         config = {}
+    keep = {m["number"] for m in manifests[:(config.get("trainer") or {}).get("max_to_keep", 3)]}
     return {
         "run_dir": storage.root,
         "exists": bool(manifests or config),
-        "epochs_total": config.get("epochs"),
+        "job": config.get("job"),
+        "epochs_total": (config.get("trainer") or {}).get("epochs"),
         "latest": None if latest is None else {k: latest.get(k) for k in (
             "number", "epoch", "step_in_epoch", "global_step", "lr", "reason", "time")},
-        "checkpoints": [{"number": m["number"], "global_step": m.get("global_step")} for m in manifests],
-        "current_lr": latest.get("lr") if latest else config.get("lr"),
-        "pending_lr_override": pending,
+        "checkpoints": [{"number": m["number"], "global_step": m.get("global_step"), "epoch": m.get("epoch"),
+                         "step_in_epoch": m.get("step_in_epoch"), "milestone": bool(m.get("milestone"))}
+                        for m in manifests if m["number"] in keep],
+        "milestones": [{"number": m["number"], "epoch": m.get("epoch"), "global_step": m.get("global_step")}
+                       for m in manifests if m.get("milestone")],
+        "current_lr": latest.get("lr") if latest else None,
+        "pending_lr_requests": pending,
         "last_epoch": history["epochs"][-1] if history["epochs"] else None,
         "resumes": sum(e["kind"] == "resume" for e in history["events"]),
+        "rollbacks": [e for e in history["events"] if e["kind"] == "rollback"],
         "lr_changes": [e for e in history["events"] if e["kind"] == "lr_change"],
+        "model_exported": storage.exists("model.keras"),
     }
 
 
@@ -75,23 +94,54 @@ def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> i
         return exitcodes.BAD_INPUT
     latest = info["latest"]
     print(f"run:              {info['run_dir']}")
+    print(f"job:              {info['job']}")
     if latest:
-        done = "complete" if latest["epoch"] == info["epochs_total"] else "in progress"
-        print(f"position:         epoch {latest['epoch'] + 1 if done != 'complete' else latest['epoch']}"
-              f"/{info['epochs_total']}, step {latest['step_in_epoch']} in epoch, "
-              f"global step {latest['global_step']} ({done})")
+        done = latest["epoch"] == info["epochs_total"] and not latest["step_in_epoch"]
+        shown = latest["epoch"] if done else latest["epoch"] + 1
+        print(f"position:         epoch {shown}/{info['epochs_total']}, step {latest['step_in_epoch']} in epoch, "
+              f"global step {latest['global_step']} ({'complete' if done else 'in progress'})")
         print(f"latest:           ckpt-{latest['number']} ({latest['reason']})")
     else:
         print("position:         no committed checkpoint yet")
     print("checkpoints kept: " + (", ".join(f"ckpt-{c['number']}@step{c['global_step']}"
                                             for c in info["checkpoints"]) or "none"))
+    print("milestones:       " + (", ".join(f"epoch-{m['epoch']} (ckpt-{m['number']})"
+                                            for m in info["milestones"]) or "none"))
     lr = info["current_lr"]
     print(f"learning rate:    {lr:.6g}" if isinstance(lr, float) else f"learning rate:    {lr}")
-    print(f"pending override: {info['pending_lr_override'] if info['pending_lr_override'] is not None else 'none'}")
+    requests = [f"{r['lr']:g} " + ("now" if r["at_epoch"] is None else f"at epoch {r['at_epoch']}")
+                if "lr" in r else f"{r['file']}: INVALID ({r['error']})" for r in info["pending_lr_requests"]]
+    print(f"pending lr:       {', '.join(requests) or 'none'}")
     last = info["last_epoch"]
     if last:
-        metrics = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
-                            if k in last)
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
+                            if k not in ("epoch", "global_step", "lr", "wall_time", "finished_at")
+                            and isinstance(v, float))
         print(f"last epoch:       {last['epoch']}: {metrics}")
-    print(f"resumes:          {info['resumes']}; lr changes: {len(info['lr_changes'])}")
+    print(f"resumes:          {info['resumes']}; lr changes: {len(info['lr_changes'])}; "
+          f"rollbacks: {len(info['rollbacks'])}")
+    print(f"model.keras:      {'written' if info['model_exported'] else 'not yet (written when training ends)'}")
     return exitcodes.DONE
+
+
+def export_model(run_dir: str, out: str, source: str | None, storage_options: dict) -> int:
+    """Restore a kept checkpoint into the run's job and save it as a .keras file."""
+    storage = Storage(run_dir, storage_options)
+    try:
+        manifest = resolve(storage, source) if source else (committed_manifests(storage) or [None])[0]
+        if manifest is None:
+            print(f"error: {storage.url(DIR)} has no committed checkpoint to export")
+            return exitcodes.BAD_INPUT
+        config = json.loads(storage.read_text("config.json"))
+    except UnknownCheckpoint as exc:
+        print(f"error: {exc}")
+        return exitcodes.BAD_INPUT
+    except FileNotFoundError:
+        print(f"error: {storage.url('config.json')} is missing: not a run directory")
+        return exitcodes.BAD_INPUT
+    except StorageError as exc:
+        print(f"error: {exc}")
+        return exitcodes.STORAGE_ERROR
+    from .export import rebuild_and_save
+    return rebuild_and_save(storage, config, manifest, out)
+

@@ -1,50 +1,71 @@
-"""Console output: a Keras progress bar per epoch and one JSON line per epoch.
+"""Console output: a progress bar per epoch, optional step lines, one JSON line per epoch.
 
-The bar starts at the resumed position (e.g. 37/94), not at 0. The line
-``EPOCH {...}`` is printed even with ``--quiet`` so scripts and log scrapers
-can follow a run.
+The bar starts at the resumed position (e.g. 37/94), not at 0, and reads the
+step's metrics only when it redraws (at most every ``REDRAW_S``): reading a
+metric waits for the step to finish, which would stall an accelerator's queue
+at every step. ``--log-every-steps N`` prints ``STEP {...}`` every N steps for
+logs that are not a terminal (SLURM output files). ``EPOCH {...}`` is printed
+even with ``--quiet`` so scripts and log scrapers can follow a run.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 
 import keras
+import numpy as np
 
 from .state import TrainerState
 
+REDRAW_S = 0.25
 
-class ProgressLogger(keras.callbacks.Callback):
+
+def _floats(logs) -> dict:
+    out = {}
+    for key, value in (logs or {}).items():
+        try:
+            out[key] = float(np.asarray(value))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+class Progress:
     def __init__(self, state: TrainerState, steps_per_epoch: int, epochs: int, quiet: bool,
-                 stream=None):
-        super().__init__()
+                 log_every_steps: int | None = None, stream=None):
         self.state = state
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
         self.quiet = quiet
+        self.log_every_steps = log_every_steps
         self.stream = stream or sys.stdout
         self._bar = None
+        self._drawn = 0.0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def epoch_begin(self, epoch: int) -> None:
         if self.quiet:
             return
         print(f"Epoch {epoch + 1}/{self.epochs}", file=self.stream, flush=True)
-        self._bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        self._bar = keras.utils.Progbar(self.steps_per_epoch)
         if self.state.step_in_epoch:
             self._bar.update(self.state.step_in_epoch)
+        self._drawn = time.monotonic()
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self._bar is not None:
-            values = [(k, float(v)) for k, v in (logs or {}).items() if k in ("loss", "accuracy")]
-            # the checkpoint callback runs first and has already counted this step
-            self._bar.update(self.state.step_in_epoch, values)
+    def step(self, logs) -> None:
+        state = self.state
+        if self.log_every_steps and state.global_step % self.log_every_steps == 0:
+            record = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": self.steps_per_epoch,
+                      "global_step": state.global_step, **{k: round(v, 6) for k, v in _floats(logs).items()}}
+            print("STEP " + json.dumps(record), file=self.stream, flush=True)
+        if self._bar is not None and time.monotonic() - self._drawn >= REDRAW_S:
+            self._bar.update(state.step_in_epoch, list(_floats(logs).items()))
+            self._drawn = time.monotonic()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def epoch_end(self, epoch: int, logs: dict) -> None:
         record = {"epoch": epoch + 1, "epochs": self.epochs, "global_step": self.state.global_step}
-        record.update({k: round(float(v), 6) for k, v in (logs or {}).items()})
+        record.update({k: round(v, 6) for k, v in _floats(logs).items()})
         if self._bar is not None:
-            self._bar.update(self.steps_per_epoch, [(k, v) for k, v in record.items()
-                                                    if k in ("loss", "accuracy", "val_loss", "val_accuracy")],
-                             finalize=True)
+            self._bar.update(self.steps_per_epoch, [(k, v) for k, v in _floats(logs).items()], finalize=True)
             self._bar = None
         print("EPOCH " + json.dumps(record), file=self.stream, flush=True)

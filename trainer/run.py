@@ -1,9 +1,9 @@
-"""``train``: set up, restore, apply a pending LR override, fit epoch by epoch.
+"""``train``: set up, check the job, restore, apply pending LR requests, run the loop.
 
-Each epoch is one ``model.fit`` call over the epoch's remaining batches, so a
-run resumed at step k of epoch e trains on exactly the batches an
-uninterrupted run would have used, and validation, epoch-end checkpoints and
-plot updates happen at the same places.
+Order matters for "bad input changes nothing": the run directory is only
+read until the job has imported, built its model and data and they fit
+together; then ``--fresh`` archives, ``config.json`` is written and
+checkpoints are touched.
 """
 from __future__ import annotations
 
@@ -13,25 +13,27 @@ import logging
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
 
-from . import data, exitcodes, lr_override, monitor, pipeline
-from .callback import Interrupted, MonitorWriter, ResumableCheckpoint
-from .checkpoints import (
-    CheckpointError,
-    CheckpointStore,
-    IncompatibleCheckpoint,
-)
-from .config import ConfigError, TrainConfig
+from . import data as data_mod
+from . import distribute, exitcodes, export, lr_override, monitor
+from .checkpoints import CheckpointError, CheckpointStore, IncompatibleCheckpoint
+from .config import ConfigError, TrainConfig, dumps
 from .data import DataError
-from .model import build_for_training
-from .progress import ProgressLogger
+from .job import Job, JobError
+from .loop import Interrupted, Loop
+from .progress import Progress
+from .saver import Saver
+from .settings import SettingError
 from .signals import StopRequest
 from .state import TrainerState
+from .steering import LrRequests, Steering
 from .storage import Storage, StorageError
+from .variables import ModelError, check_model, prepare
 
 log = logging.getLogger("trainer")
 
@@ -40,12 +42,21 @@ FINAL_FLUSH_TIMEOUT_S = 600.0
 
 
 @dataclass
-class Outcome:
-    """What ``train`` did; the exit code is what the CLI returns."""
+class Result:
+    """What ``train`` did; ``exit_code`` is what the command line returns (see README)."""
     exit_code: int
     state: TrainerState | None = None
     checkpoint: int | None = None
     final_metrics: dict = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        return self.exit_code == exitcodes.DONE
+
+    @property
+    def history(self) -> list[dict]:
+        """One record per epoch (metrics, lr, wall time), across every resume."""
+        return list(self.state.history["epochs"]) if self.state else []
 
 
 def open_storage(cfg: TrainConfig) -> Storage:
@@ -61,134 +72,163 @@ def staging_dir(cfg: TrainConfig, storage: Storage) -> str:
     return os.path.join(base, hashlib.sha1(storage.root.encode()).hexdigest()[:16])
 
 
-def train(cfg: TrainConfig, *, fresh: bool = False, resume_command: str = "",
-          stop: StopRequest | None = None) -> Outcome:
+def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, resume_command: str = "",
+          stop: StopRequest | None = None) -> Result:
     """Run or resume training; never raises for the expected failures (see exitcodes)."""
     stop = stop or StopRequest()
     with stop:
         try:
-            return _train(cfg, fresh, resume_command, stop)
-        except (ConfigError, lr_override.OverrideError) as exc:
+            return _train(cfg, job, fresh, resume_command, stop)
+        except (ConfigError, SettingError, lr_override.OverrideError, JobError, ModelError) as exc:
             log.error("%s", exc)
-            return Outcome(exitcodes.BAD_INPUT)
+            return Result(exitcodes.BAD_INPUT)
         except DataError as exc:
             log.error("%s", exc)
-            return Outcome(exitcodes.DATA_ERROR)
+            return Result(exitcodes.DATA_ERROR)
         except StorageError as exc:
             log.error("%s", exc)
-            return Outcome(exitcodes.STORAGE_ERROR)
+            return Result(exitcodes.STORAGE_ERROR)
         except CheckpointError as exc:
             log.error("%s", exc)
-            return Outcome(exitcodes.CHECKPOINT_ERROR)
+            return Result(exitcodes.CHECKPOINT_ERROR)
 
 
-def _train(cfg: TrainConfig, fresh: bool, resume_command: str, stop: StopRequest) -> Outcome:
+@dataclass
+class Built:
+    model: keras.Model
+    train: object
+    validation: object | None
+    state_var: tf.Variable
+    groups: dict
+
+
+def build(job: Job, cfg: TrainConfig, cluster) -> Built:
+    """The job's data and compiled model, checked against each other, under the strategy."""
+    with cluster.strategy.scope():
+        raw = _call(job, "build_data")
+        train_raw, val_raw = raw if isinstance(raw, tuple) and len(raw) == 2 else (raw, None)
+        try:
+            train = data_mod.from_job(train_raw, f"job {job.label}: build_data's training data")
+            validation = data_mod.validation_from_job(val_raw, train, f"job {job.label}: build_data's validation data")
+        except ValueError as exc:
+            raise JobError(str(exc)) from exc
+        if train is None:
+            raise JobError(f"job {job.label}: build_data returned no training data")
+        model = check_model(_call(job, "build_model"), job.label)
+        prepared = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label)
+    for source in (train, validation):
+        if source is not None and source.warning:
+            log.warning("%s", source.warning)
+    return Built(model, train, validation, prepared.state, prepared.groups)
+
+
+def _call(job: Job, name: str):
+    try:
+        return job.call(name)
+    except (DataError, JobError):
+        raise
+    except Exception as exc:
+        log.error("job %s: %s raised:\n%s", job.label, name, "".join(traceback.format_exception(exc)).rstrip())
+        raise JobError(f"job {job.label}: {name} failed ({type(exc).__name__}: {exc}); see the traceback "
+                       "above") from exc
+
+
+def _train(cfg: TrainConfig, job: Job, fresh: bool, resume_command: str, stop: StopRequest) -> Result:
     storage = open_storage(cfg)
     if storage.is_remote:
         storage.probe()
-    if fresh:
-        _archive(storage)
-    torn = storage.remove_torn_writes()
-    if torn:
-        log.warning("removed %d temporary file(s) of writes cut short by a kill: %s", len(torn), ", ".join(torn))
-    pending = lr_override.read_pending(storage)  # a bad file stops us before anything is touched
-    _check_or_write_config(storage, cfg)
+    requests = LrRequests(storage, cfg.lr_poll_seconds)
+    requests.refresh()  # a malformed request file stops us before anything is touched
+    if not fresh:
+        _check_config(storage, cfg, job)
     if stop.requested:  # stopped during start-up: nothing to save yet
-        return _stopped(stop, None, 0, None, None, resume_command)
+        return _stopped(stop.signum, stop, None, 0, None, None, resume_command)
 
     timings = {"imports": _process_age_s()}
     mark = time.monotonic()
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    dataset = data.load(cfg.data_dir)
-    x_train, y_train = dataset.x_train[: cfg.train_size], dataset.y_train[: cfg.train_size]
-    x_val, y_val = dataset.x_test[: cfg.val_size], dataset.y_test[: cfg.val_size]
-    steps = pipeline.steps_per_epoch(len(x_train), cfg.batch_size)
-    log.info("data: %d training / %d validation images from %s; %d steps per epoch",
-             len(x_train), len(x_val), dataset.source, steps)
-    val_ds = pipeline.eval_dataset(x_val, y_val, batch_size=cfg.batch_size, image_size=cfg.image_size)
+    cluster = distribute.setup(cfg.strategy)
+    built = build(job, cfg, cluster)
+    steps = built.train.steps_per_epoch
+    log.info("job %s: %s, %d steps per epoch%s; %s", job.label, built.model.name, steps,
+             f", validation {built.validation.steps_per_epoch} steps" if built.validation else "",
+             cluster.describe())
+    timings["job"], mark = time.monotonic() - mark, time.monotonic()
 
-    timings["data"], mark = time.monotonic() - mark, time.monotonic()
-    built = build_for_training(cfg)
-    model, state_var = built.model, built.state
+    if fresh:
+        _archive(storage)
+    torn = storage.remove_torn_writes()
+    if torn:
+        log.warning("removed %d temporary file(s) of writes cut short by a kill: %s", len(torn), ", ".join(torn))
+    _write_config(storage, cfg, job)
     local_dir = (storage.local_path("checkpoints") if not storage.is_remote
                  else os.path.join(staging_dir(cfg, storage), "checkpoints"))
     store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep)
     writers = _Writers(store, monitor.HistoryWriter(storage), cfg.flush_timeout_s)
-    timings["model"], mark = time.monotonic() - mark, time.monotonic()
     try:
         store.cleanup_stale()
         manifest = store.restore_latest()
         timings["restore"] = time.monotonic() - mark
         log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None))
         if manifest:
-            state = TrainerState.from_json(state_var.numpy().decode())
+            state = TrainerState.from_json(built.state_var.numpy().decode())
             monitor.add_event(state.history, "resume", epoch=state.epoch, step_in_epoch=state.step_in_epoch,
                               steps_per_epoch=steps, global_step=state.global_step, time=time.time())
             log.info("resumed from %s/ckpt-%d at %s, lr %g", store.storage.url("checkpoints"),
                      manifest["number"], state.position(steps), state.lr)
         else:
-            state = TrainerState(lr=cfg.lr, seed=cfg.seed)
-            log.info("starting a new run in %s (%s preset, %d epochs)", storage.root, cfg.preset, cfg.epochs)
+            state = TrainerState(lr=float(built.model.optimizer.learning_rate.numpy()), seed=cfg.seed)
+            log.info("starting a new run in %s (%d epochs)", storage.root, cfg.epochs)
 
-        callback = ResumableCheckpoint(state, state_var, store, stop, steps,
-                                       cfg.save_every_steps, cfg.save_every_seconds)
-        callback.set_model(model)
+        saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
+                      cfg.save_every_seconds, cfg.keep_every_epochs)
+        steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, cluster.is_chief)
+        pending = requests.immediate()
         if pending:
-            _apply_override(pending, state, model, callback, writers, steps)
+            steering.apply(pending.value, [pending], requests, "requested while the run was stopped")
         writers.history.submit_history(state.history)
 
-        if state.epoch >= cfg.epochs:
-            print(f"training already complete: {state.epoch}/{cfg.epochs} epochs "
-                  f"(global step {state.global_step}); nothing to do. Raise --epochs to train longer.",
-                  flush=True)
-            return _finished(writers, state, None)
+        if state.epoch >= cfg.epochs or state.stopped_early:
+            why = "stopped early by a callback" if state.stopped_early else f"{state.epoch}/{cfg.epochs} epochs"
+            print(f"training already complete: {why} (global step {state.global_step}); nothing to do."
+                  + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
+            return _finished(writers, state, None, built.model, cfg, storage)
         if stop.requested:
-            return _stopped(stop, state, steps, None, writers, resume_command)
+            return _stopped(stop.signum, stop, state, steps, None, writers, resume_command)
 
-        callbacks = [callback, MonitorWriter(writers.history, state),
-                     ProgressLogger(state, steps, cfg.epochs, cfg.quiet)]
-        if cfg.tensorboard:
-            tb_dir = (storage.local_path("tensorboard") if not storage.is_remote
-                      else os.path.join(staging_dir(cfg, storage), "tensorboard"))
-            callbacks.append(keras.callbacks.TensorBoard(tb_dir, update_freq="epoch"))
+        requests.start()
+        loop = Loop(built.model, cluster.strategy, cluster.replicas, built.train, built.validation, cfg.seed,
+                    cfg.epochs, state, saver, stop, cluster.agreement,
+                    Progress(state, steps, cfg.epochs, cfg.quiet, cfg.log_every_steps), steering,
+                    requests, writers.history, _callbacks(job, built.model, cfg, storage, steps))
         try:
-            while state.epoch < cfg.epochs:
-                epoch = state.epoch
-                train_ds = pipeline.train_dataset(x_train, y_train, seed=cfg.seed, epoch=epoch,
-                                                  start_step=state.step_in_epoch,
-                                                  batch_size=cfg.batch_size,
-                                                  image_size=cfg.image_size, augment=cfg.augment)
-                model.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_ds,
-                          callbacks=callbacks, verbose=0, shuffle=False)
+            loop.run()
         except Interrupted as exc:
-            return _stopped(stop, state, steps, exc.checkpoint, writers, resume_command)
+            return _stopped(exc.signum, stop, state, steps, exc.checkpoint, writers, resume_command)
         print(f"training complete: {state.epoch} epochs, global step {state.global_step}, "
               f"final {json.dumps(_last_metrics(state))}", flush=True)
-        return _finished(writers, state, callback.last_checkpoint)
+        return _finished(writers, state, saver.last_checkpoint, built.model, cfg, storage)
     finally:
+        requests.close()
         writers.close()
 
 
-def _apply_override(pending, state: TrainerState, model, callback, writers, steps: int) -> None:
-    storage = writers.store.storage
-    value, digest = pending
-    if digest in state.applied_overrides:
-        log.info("lr_override (%g) was already applied before the last stop; marking it consumed", value)
-        lr_override.mark_consumed(storage, value, digest, state.global_step)
-        return
-    old = float(model.optimizer.learning_rate.numpy())
-    model.optimizer.learning_rate.assign(value)
-    log.info("learning rate %g -> %g (from %s, at %s)", old, value, storage.url(lr_override.PENDING),
-             state.position(steps))
-    monitor.add_event(state.history, "lr_change", epoch=state.epoch, step_in_epoch=state.step_in_epoch,
-                      steps_per_epoch=steps, global_step=state.global_step, to=value,
-                      time=time.time(), **{"from": old})
-    state.applied_overrides.append(digest)
-    callback.save("lr override")   # the new rate is durable before the file is marked consumed
-    writers.flush("lr override")
-    lr_override.mark_consumed(storage, value, digest, state.global_step)
+def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int):
+    """The job's Keras callbacks (and TensorBoard), called by the loop at the usual hooks."""
+    callbacks = list(_call(job, "callbacks")) if job.make_callbacks else []
+    for cb in callbacks:
+        if not isinstance(cb, keras.callbacks.Callback):
+            raise JobError(f"job {job.label}: callbacks() must return keras.callbacks.Callback objects, "
+                           f"got {type(cb).__name__}")
+    if cfg.tensorboard:
+        tb_dir = (storage.local_path("tensorboard") if not storage.is_remote
+                  else os.path.join(staging_dir(cfg, storage), "tensorboard"))
+        callbacks.append(keras.callbacks.TensorBoard(tb_dir, update_freq="epoch"))
+    if not callbacks:
+        return None
+    return keras.callbacks.CallbackList(callbacks, model=model, epochs=cfg.epochs, steps=steps, verbose=0)
 
 
 @dataclass
@@ -218,18 +258,20 @@ class _Writers:
         self.history.stop()
 
 
-def _finished(writers: _Writers, state: TrainerState, checkpoint: int | None) -> Outcome:
+def _finished(writers: _Writers, state: TrainerState, checkpoint: int | None, model, cfg: TrainConfig,
+              storage: Storage) -> Result:
     """Done only once the final checkpoint is in the run dir (no kill deadline here, so the
     upload gets minutes); else a storage error: re-running on this machine uploads it."""
-    code = exitcodes.DONE if writers.flush("final", FINAL_FLUSH_TIMEOUT_S) else exitcodes.STORAGE_ERROR
-    return Outcome(code, state, checkpoint, _last_metrics(state))
+    ok = writers.flush("final", FINAL_FLUSH_TIMEOUT_S)
+    if ok and cfg.export:
+        export.write_model(model, storage)
+    return Result(exitcodes.DONE if ok else exitcodes.STORAGE_ERROR, state, checkpoint, _last_metrics(state))
 
 
-def _stopped(stop, state, steps, checkpoint, writers, resume_command) -> Outcome:
-    import signal as _signal
+def _stopped(signum, stop, state, steps, checkpoint, writers, resume_command) -> Result:
     if writers is not None:
         writers.flush("stop")
-    name = _signal.Signals(stop.signum).name
+    name = distribute.signal_name(signum)
     took = time.monotonic() - stop.received_at if stop.received_at else 0.0
     where = f"checkpoint ckpt-{checkpoint}" if checkpoint else "no new checkpoint needed"
     position = state.position(steps) if state else "start-up, before training"
@@ -237,7 +279,7 @@ def _stopped(stop, state, steps, checkpoint, writers, resume_command) -> Outcome
           f"({took:.2f}s from signal to exit).", flush=True)
     if resume_command:
         print(f"[trainer] resume with: {resume_command}", flush=True)
-    return Outcome(exitcodes.interrupted(stop.signum), state, checkpoint, _last_metrics(state) if state else {})
+    return Result(exitcodes.interrupted(signum), state, checkpoint, _last_metrics(state) if state else {})
 
 
 def _process_age_s() -> float | None:
@@ -256,29 +298,47 @@ def _last_metrics(state: TrainerState) -> dict:
     epochs = state.history["epochs"]
     if not epochs:
         return {}
-    return {k: v for k, v in epochs[-1].items() if k in monitor.METRICS or k in ("epoch", "lr")}
+    return {k: v for k, v in epochs[-1].items() if k not in ("global_step", "wall_time", "finished_at")}
 
 
-def _check_or_write_config(storage: Storage, cfg: TrainConfig) -> None:
-    """Refuse to resume a run with settings that change the model or the data order."""
+def _config(cfg: TrainConfig, job: Job) -> dict:
+    return {"job": job.name, "job_settings": job.settings_json(), "trainer": cfg.to_json(),
+            "identity": {**job.identity(), **cfg.identity()}}
+
+
+def _check_config(storage: Storage, cfg: TrainConfig, job: Job) -> None:
+    """Refuse to resume a run with another job or settings that change the model or the data order."""
     try:
         saved = json.loads(storage.read_text(CONFIG_FILE))
     except FileNotFoundError:
-        storage.write_text(CONFIG_FILE, cfg.to_json() + "\n")
         return
     except ValueError as exc:
         raise ConfigError("run_dir", f"{storage.url(CONFIG_FILE)} is not valid JSON ({exc})",
                           "restore it, or start over with --fresh") from None
-    mine = cfg.identity()
-    diffs = [f"{k}: run has {saved.get(k)!r}, given {v!r}" for k, v in mine.items() if saved.get(k) != v]
+    theirs = saved.get("identity") or {}
+    mine = _config(cfg, job)["identity"]
+    if theirs.get("job") != mine["job"]:
+        raise IncompatibleCheckpoint(
+            f"{storage.url(CONFIG_FILE)}: this run was trained by job {theirs.get('job')!r}, not "
+            f"{mine['job']!r}; resume it with --job {theirs.get('job')}, or use another --run-dir "
+            "(or --fresh to archive it and start over)")
+    diffs = [f"{k}: run has {theirs.get(k)!r}, given {v!r}" for k, v in mine.items() if k != "settings"
+             and theirs.get(k) != v]
+    ours, old = mine["settings"], theirs.get("settings") or {}
+    diffs += [f"{k}: run has {old.get(k)!r}, given {v!r}" for k, v in ours.items() if old.get(k) != v]
+    diffs += [f"{k}: run has {v!r}, this job has no such setting" for k, v in old.items() if k not in ours]
     if diffs:
         raise IncompatibleCheckpoint(
             f"{storage.url(CONFIG_FILE)} was written with other settings ({'; '.join(diffs)}); "
             "resuming would restore a different model or data order. Use the run's own "
             "settings (see that file), another --run-dir, or --fresh to archive it and start over")
-    if saved.get("epochs") != cfg.epochs:
-        log.info("epochs changed from %s to %s for this run", saved.get("epochs"), cfg.epochs)
-    storage.write_text(CONFIG_FILE, cfg.to_json() + "\n")
+    before = (saved.get("trainer") or {}).get("epochs")
+    if before != cfg.epochs:
+        log.info("epochs changed from %s to %s for this run", before, cfg.epochs)
+
+
+def _write_config(storage: Storage, cfg: TrainConfig, job: Job) -> None:
+    storage.write_text(CONFIG_FILE, dumps(_config(cfg, job)) + "\n")
 
 
 def _archive(storage: Storage) -> None:

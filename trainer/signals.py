@@ -40,7 +40,7 @@ class StopRequest:
         self.received_at = self._clock()
 
     def install(self) -> StopRequest:
-        if threading.current_thread() is not threading.main_thread():
+        if self.signals and threading.current_thread() is not threading.main_thread():
             raise RuntimeError("signal handlers can only be installed from the main thread")
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self.handle)

@@ -19,9 +19,9 @@ class TrainerState:
     lr: float = 0.0
     seed: int = 0
     epoch_seconds: float = 0.0   # training time spent in the current epoch so far
-    metric_state: list = field(default_factory=list)  # float.hex of Keras metric variables mid-epoch
     history: dict = field(default_factory=new_history)
-    applied_overrides: list = field(default_factory=list)  # digests of consumed override files
+    applied_overrides: list = field(default_factory=list)  # digests of applied learning-rate requests
+    stopped_early: bool = False  # a callback (e.g. EarlyStopping) ended the run
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -1,0 +1,107 @@
+"""A user's own job, as the tests copy it to a temporary folder outside the repo.
+
+Synthetic data through ``trainer.EpochBatches`` (a Python generator), a Model
+subclass with its own ``train_step`` (it counts its calls in a variable that
+checkpoints hold), Dropout, and a Keras callback that appends every epoch end
+to a file. Two settings make timing-free tests possible: ``sleep_s`` makes
+every batch take at least that long to produce (a run of N steps cannot end
+sooner than N * sleep_s, on any machine), and ``gate`` names a file holding
+how many batches the generator may produce so far (a test decides exactly
+where the run can be).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+import trainer
+from trainer import setting
+
+EPOCHS = 3
+FEATURES, CLASSES = 8, 4
+
+
+@dataclass
+class Settings:
+    examples: int = 1024
+    batch_size: int = 32
+    hidden: int = 32
+    dropout: float = 0.2
+    lr: float = setting(0.05, may_change=True)
+    sleep_s: float = setting(0.0, may_change=True, help="seconds each batch takes at least")
+    gate: str | None = setting(None, may_change=True, help="file with the number of batches allowed")
+    epoch_log: str | None = setting(None, may_change=True, help="file the callback appends epoch ends to")
+
+
+class CountingMLP(keras.Model):
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__(name="counting_mlp")
+        self.hidden = keras.layers.Dense(hidden, activation="relu")
+        self.drop = keras.layers.Dropout(dropout)
+        self.head = keras.layers.Dense(CLASSES, activation="softmax")
+        self.custom_steps = self.add_weight(shape=(), initializer="zeros", trainable=False, name="custom_steps")
+
+    def call(self, x, training=False):
+        return self.head(self.drop(self.hidden(x), training=training))
+
+    def train_step(self, data):
+        self.custom_steps.assign_add(1.0)
+        return super().train_step(data)
+
+
+class EpochLog(keras.callbacks.Callback):
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        with open(self.path, "a") as fh:
+            fh.write(f"epoch {epoch + 1} loss {logs['loss']:.6f}\n")
+
+
+def build_model(s: Settings) -> keras.Model:
+    model = CountingMLP(s.hidden, s.dropout)
+    model.compile(optimizer=keras.optimizers.SGD(s.lr, momentum=0.9), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def _examples(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, FEATURES)).astype(np.float32)
+    y = np.argmax(x @ rng.normal(size=(FEATURES, CLASSES)), axis=1).astype(np.int32)
+    return x, y
+
+
+def _allowed(gate: str) -> int:
+    try:
+        with open(gate) as fh:
+            return int(fh.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def build_data(s: Settings):
+    x, y = _examples(s.examples, 0)
+    steps = s.examples // s.batch_size
+
+    def batches(epoch: int, start_step: int, seed: int):
+        order = np.random.default_rng([seed, epoch]).permutation(s.examples)
+        for step in range(start_step, steps):
+            if s.sleep_s:
+                time.sleep(s.sleep_s)
+            if s.gate:
+                while _allowed(s.gate) <= epoch * steps + step:
+                    time.sleep(0.005)
+            idx = order[step * s.batch_size:(step + 1) * s.batch_size]
+            yield x[idx], y[idx]
+
+    vx, vy = _examples(256, 1)
+    return trainer.EpochBatches(batches, steps), trainer.ArrayData(vx, vy, batch_size=64, shuffle=False)
+
+
+def callbacks(s: Settings):
+    return [EpochLog(s.epoch_log)] if s.epoch_log else []

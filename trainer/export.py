@@ -1,0 +1,94 @@
+"""Exporting the trained model as a ``.keras`` file that stock Keras loads.
+
+At the end of training ``<run-dir>/model.keras`` is written (through the run
+dir's storage: atomically for a local folder, as one object for a bucket);
+``python -m trainer export RUN OUT.keras [--from ckpt-N | epoch-E]`` exports
+any kept checkpoint. ``keras.models.load_model(OUT)`` needs no trainer import
+for models built from stock Keras layers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+log = logging.getLogger("trainer")
+
+MODEL_FILE = "model.keras"
+
+
+def save_local(model, path: str) -> None:
+    """Save ``model`` to the local ``path`` via a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".export-")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_model(model, storage, rel: str = MODEL_FILE) -> None:
+    """``model`` as ``<run-dir>/<rel>``; a failure is a warning (the checkpoints hold everything)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, MODEL_FILE)
+        try:
+            save_local(model, local)
+            storage.upload(local, rel)
+        except Exception as exc:  # noqa: BLE001 - Keras and the stores raise many types
+            log.warning("could not export the model to %s: %s (the checkpoints are intact; "
+                        "`python -m trainer export` retries)", storage.url(rel),
+                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
+            return
+    log.info("model exported to %s", storage.url(rel))
+
+
+def rebuild_and_save(storage, config: dict, manifest: dict, out: str) -> int:
+    """``python -m trainer export``: the run's job and settings (from config.json), checkpoint
+    ``manifest`` restored into them, saved to ``out`` (a local path or an fsspec URL)."""
+    from . import exitcodes
+    from .checkpoints import CheckpointError, CheckpointStore
+    from .config import TrainConfig
+    from .data import DataError
+    from .job import JobError, load
+    from .run import build, staging_dir
+    from .storage import Storage, StorageError
+    from .variables import ModelError
+    try:
+        job = load(config["job"])
+        job.choose(None, config.get("job_settings") or {})
+        trainer_cfg = {k: v for k, v in (config.get("trainer") or {}).items() if k != "run_dir"}
+        cfg = TrainConfig(storage.root, storage_options=storage.options, **trainer_cfg)
+        from . import distribute
+        built = build(job, cfg, distribute.setup("default"))
+        with tempfile.TemporaryDirectory() as tmp:
+            local_dir = storage.local_path("checkpoints") or os.path.join(staging_dir(cfg, storage), "checkpoints")
+            store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep)
+            try:
+                store.restore(manifest["number"])
+            finally:
+                store.close()
+            local = out if "://" not in out else os.path.join(tmp, MODEL_FILE)
+            save_local(built.model, local)
+            if "://" in out:
+                parent, name = out.rstrip("/").rsplit("/", 1)
+                Storage(parent, storage.options).upload(local, name)
+    except (JobError, ModelError, ValueError) as exc:
+        log.error("%s", exc)
+        return exitcodes.BAD_INPUT
+    except DataError as exc:
+        log.error("%s", exc)
+        return exitcodes.DATA_ERROR
+    except CheckpointError as exc:
+        log.error("ckpt-%s cannot be exported: %s", manifest["number"], exc)
+        return exitcodes.CHECKPOINT_ERROR
+    except StorageError as exc:
+        log.error("%s", exc)
+        return exitcodes.STORAGE_ERROR
+    print(f"wrote {out}: the model of ckpt-{manifest['number']} (epoch {manifest.get('epoch')}, "
+          f"step {manifest.get('step_in_epoch')} in epoch, global step {manifest.get('global_step')}); "
+          "load it with keras.models.load_model")
+    return exitcodes.DONE

@@ -1,0 +1,57 @@
+"""The model's state that a checkpoint holds, created before the first step.
+
+Keras creates optimizer slots and metric variables lazily, at the first
+step: too late to restore into. ``prepare`` builds them from the spec of one
+batch, checks that the job's model and data fit together, and groups every
+variable by owner: the model's (weights and random-seed states, e.g.
+Dropout's), the optimizer's (iterations, learning rate, slots), the metrics'
+running totals (so a resumed epoch continues its means) and the trainer's
+own JSON state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+
+class ModelError(ValueError):
+    """The job's model cannot be trained as given (exit code 2)."""
+
+
+@dataclass
+class TrainingState:
+    model: keras.Model
+    state: tf.Variable  # the trainer's JSON state, checkpointed with the weights
+    groups: dict
+
+
+def check_model(model, job_label: str) -> keras.Model:
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"job {job_label}: build_model returned {type(model).__name__}, expected a "
+                         "keras.Model")
+    if not getattr(model, "compiled", False) or model.optimizer is None:
+        raise ModelError(f"job {job_label}: build_model returned an uncompiled model; call "
+                         "model.compile(optimizer=..., loss=..., metrics=[...]) before returning it")
+    return model
+
+
+def prepare(model: keras.Model, batch_spec, job_label: str) -> TrainingState:
+    """Build the model, its metrics and optimizer slots from ``batch_spec`` (one global batch)."""
+    sample = tf.nest.map_structure(lambda s: tf.zeros([d or 1 for d in s.shape], s.dtype), batch_spec)
+    if not isinstance(sample, tuple):
+        sample = (sample,)
+    try:
+        model._symbolic_build(data_batch=sample)  # noqa: SLF001 - Keras has no public way to do this
+    except Exception as exc:  # shape and dtype mismatches surface as many types
+        shapes = tf.nest.map_structure(lambda s: f"{tuple(s.shape)} {s.dtype.name}", batch_spec)
+        raise ModelError(f"job {job_label}: the model does not accept the data: batches are {shapes}; "
+                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
+    model.optimizer.build(model.trainable_variables)
+    state = tf.Variable("", dtype=tf.string, trainable=False)
+    groups = {"model": {v.path: v for v in model.variables},
+              "optimizer": {v.path: v for v in model.optimizer.variables},
+              "metrics": {f"{i}/{v.path}": v for i, v in enumerate(model.metrics_variables)},
+              "trainer": {"state": state}}
+    return TrainingState(model, state, groups)
