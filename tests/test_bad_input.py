@@ -143,3 +143,71 @@ def test_bad_flag_values_name_the_flag(tmp_path):
     assert result.returncode == exitcodes.BAD_INPUT and "--max-to-keep" in result.stderr
     result = helpers.run(["train", "--run-dir", str(tmp_path / "r"), "--stages", "x"])
     assert result.returncode == 2 and "--stages" in result.stderr
+
+
+GOOD_JOB = '''
+import keras, numpy as np, trainer
+def build_model():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return m
+def build_data():
+    return trainer.ArrayData(np.zeros((64, 4), "float32"), np.zeros(64, "int32"), batch_size=8)
+EPOCHS = 1
+'''
+BAD_JOBS = {
+    "missing file": (None, "no such file"),
+    "syntax error": ("def build_model(:\n", "importing it failed: SyntaxError"),
+    "raises on import": ("raise RuntimeError('no GPU here')\n", "importing it failed: RuntimeError: no GPU here"),
+    "no build_data": ("def build_model():\n    pass\n", "lacks build_data(settings)"),
+    "uncompiled model": (GOOD_JOB.replace('    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")\n', ""),
+                         "returned an uncompiled model"),
+    "not a model": (GOOD_JOB.replace("    return m\n", "    return 'resnet'\n"), "returned str, expected a keras.Model"),
+    "wrong data shape": (GOOD_JOB.replace('np.zeros((64, 4), "float32")', 'np.zeros((64, 7), "float32")'),
+                         "the model does not accept the data"),
+    "data of the wrong kind": (GOOD_JOB.replace("return trainer.ArrayData(", "return (").replace(
+        ", batch_size=8)", ")"), "must be trainer.ArrayData, trainer.EpochBatches"),
+    "build_data raises": (GOOD_JOB.replace("def build_data():\n", "def build_data():\n    1 / 0\n"),
+                          "build_data failed (ZeroDivisionError"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_JOBS))
+def test_bad_job_exits_2_naming_the_file_and_writes_nothing(tmp_path, case):
+    source, expected = BAD_JOBS[case]
+    job = tmp_path / "jobs" / "broken_job.py"
+    if source is not None:
+        job.parent.mkdir()
+        job.write_text(source)
+    run_dir = tmp_path / "run"
+    result = helpers.run(["train", "--job", str(job), "--run-dir", str(run_dir)])
+    assert result.returncode == exitcodes.BAD_INPUT, result.stdout + result.stderr
+    assert "broken_job.py" in result.stderr and expected in result.stderr, result.stderr
+    assert not run_dir.exists()
+
+
+def test_good_job_of_that_template_trains(tmp_path):
+    job = tmp_path / "ok_job.py"
+    job.write_text(GOOD_JOB)
+    result = helpers.run(["train", "--job", str(job), "--run-dir", str(tmp_path / "run"), "--no-tensorboard"])
+    assert result.returncode == 0, result.stderr
+    assert "training complete: 1 epochs, global step 8" in result.stdout
+
+
+def test_unknown_module_and_bad_setting_value(tmp_path):
+    result = helpers.run(["train", "--job", "no_such_pkg.jobs.cifar", "--run-dir", str(tmp_path / "r")])
+    assert result.returncode == exitcodes.BAD_INPUT and "no module named 'no_such_pkg'" in result.stderr
+    digits = str(helpers.ROOT / "jobs" / "digits.py")
+    result = helpers.run(["train", "--job", digits, "--run-dir", str(tmp_path / "r"), "--hidden", "wide"])
+    assert result.returncode == exitcodes.BAD_INPUT and "--hidden" in result.stderr and "'wide'" in result.stderr
+    result = helpers.run(["train", "--job", digits, "--run-dir", str(tmp_path / "r"), "--dropout", "1.5"])
+    assert result.returncode == exitcodes.BAD_INPUT and "--dropout must be in [0, 1)" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_resuming_with_another_job_is_refused(run_copy):
+    before = _snapshot(run_copy)
+    result = helpers.run(["train", "--job", str(helpers.ROOT / "jobs" / "digits.py"), "--run-dir", str(run_copy)])
+    assert result.returncode == exitcodes.CHECKPOINT_ERROR, result.stderr
+    assert "this run was trained by job" in result.stderr and "fashion_mnist.py" in result.stderr
+    assert _snapshot(run_copy) == before

@@ -1,5 +1,10 @@
 """Against a real single-node SLURM (slurm/dev-cluster/start.sh): time limits,
-preemption, crashes, through slurm/train.sh and through the submitit launcher."""
+preemption, crashes, through slurm/train.sh and through the submitit launcher, with a
+user's job written outside the repo (``--job``).
+
+The time-limit runs cannot finish early on a fast machine: each batch of the user job
+takes at least ``--sleep-s``, so a run of 1344 steps needs more than 67 s of training,
+and an allocation of one minute with its warning 30 s before the end gives at most 30."""
 import json
 import os
 import re
@@ -14,9 +19,13 @@ from tests import helpers
 
 pytestmark = pytest.mark.slurm
 
-# ~2 minutes of training on 2 cores: needs at least two 1-minute allocations.
-LONG = ["--preset", "tiny", "--train-size", "16384", "--image-size", "28", "--filters", "8,16",
-        "--epochs", "7", "--no-tensorboard", "--quiet"]
+LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 64 steps
+SLOW = ["--sleep-s", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def job_file(tmp_path_factory):
+    return str(helpers.user_job(tmp_path_factory.mktemp("user-jobs")))
 
 
 def sh(*cmd, check=True) -> str:
@@ -33,11 +42,8 @@ def slurm_cluster():
 
 
 @pytest.fixture(scope="module")
-def long_reference(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("slurm-ref") / "run"
-    result = helpers.run(["train", "--run-dir", str(run_dir), *LONG], timeout=900)
-    assert result.returncode == 0, result.stderr
-    return run_dir
+def long_reference(uninterrupted, job_file):
+    return uninterrupted("slurm-long", ["--job", job_file, *LONG])
 
 
 def job_state(job: str) -> str:
@@ -95,10 +101,11 @@ def sbatch(tmp_path, *args, env=None) -> str:
                           check=True, env={**os.environ, **(env or {})}).stdout.strip().split(";")[0]
 
 
-def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, releaser, long_reference, tmp_path):
+def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, releaser, long_reference, job_file,
+                                                             tmp_path):
     run_dir = tmp_path / "run"
     job = sbatch(tmp_path, "--time=1", "--signal=B:USR1@30", "--job-name=limit",
-                 str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir), *LONG)
+                 str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir), "--job", job_file, *LONG, *SLOW)
     assert wait_done(job) == "COMPLETED"
     log = (tmp_path / f"slurm-limit-{job}.out").read_text()
     requeues = re.findall(r"\] requeueing job \d+: stopped by signal 10 \((timeout|preemption)\)", log)
@@ -110,34 +117,41 @@ def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, rele
     helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
 
 
-def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser, long_reference, tmp_path):
+def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser, long_reference, job_file, tmp_path):
     from trainer.launcher import launch
     run_dir = tmp_path / "run"
-    job = launch(["--run-dir", str(run_dir), *LONG], folder=str(tmp_path / "submitit" / "%j"), cluster="slurm",
+    job = launch(["--run-dir", str(run_dir), "--job", job_file, *LONG, *SLOW], folder=str(tmp_path / "submitit" / "%j"),
+                 cluster="slurm",
                  timeout_min=1, signal_delay_s=30, slurm_partition="debug", cpus_per_task=2)
     metrics = job.result()
-    assert metrics["epoch"] == 7 and 0 < metrics["val_accuracy"] <= 1
+    assert metrics["epoch"] == 21 and 0 < metrics["val_accuracy"] <= 1
     out = job.stdout() + (job.stderr() or "")
     assert len(re.findall(r"resumed from .* at epoch", out)) >= 1, out
     helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
 
 
-def test_preemption_without_time_limit_resumes(slurm_cluster, releaser, tmp_path):
+def test_preemption_without_time_limit_resumes(slurm_cluster, releaser, job_file, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--run-dir", str(run_dir), "--preset", "tiny", "--train-size", "4096", "--epochs", "3",
-            "--no-tensorboard"]
+    gate = helpers.Gate(tmp_path / "gate")
+    args = ["--run-dir", str(run_dir), "--job", job_file, "--no-tensorboard", "--gate", str(gate.path),
+            "--log-every-steps", "1"]
     job = sbatch(tmp_path, "--job-name=preempt", str(helpers.ROOT / "slurm/train.sh"), *args)
     log_path = tmp_path / f"slurm-preempt-{job}.out"
-    deadline = time.monotonic() + 180
-    while "Epoch 2/" not in (log_path.read_text() if log_path.exists() else ""):
-        assert time.monotonic() < deadline, "job did not reach epoch 2"
-        time.sleep(0.5)
+    gate.allow(45)  # the job waits in epoch 2 for its 46th batch
+    deadline = time.monotonic() + 300
+    while '"global_step": 45,' not in (log_path.read_text() if log_path.exists() else ""):
+        assert time.monotonic() < deadline, "job did not reach step 45"
+        time.sleep(0.2)
     sh("scancel", "--signal=USR1", "--batch", job)
+    while "received SIGUSR1; forwarding" not in log_path.read_text():  # the batch script got it
+        assert time.monotonic() < deadline, "the batch script never got the signal"
+        time.sleep(0.2)
+    gate.allow(10_000)
     assert wait_done(job) == "COMPLETED"
     log = log_path.read_text()
-    assert "received SIGUSR1; forwarding" in log
     assert re.search(r"requeueing job \d+: stopped by signal 10 \(preemption\)", log), log
-    assert re.search(r"resumed from .* at epoch 2 step \d+/", log), log
+    stop = helpers.stop_of(log)
+    assert stop[3] >= 45 and f"at epoch {stop[0]} step {stop[1]}/32 (global step {stop[3]})" in log
     status = json.loads(helpers.run(["status", str(run_dir), "--json"]).stdout)
     assert status["latest"]["epoch"] == 3 and status["resumes"] == 1
 

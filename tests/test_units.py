@@ -1,5 +1,5 @@
-"""Unit tests of the pure pieces: override parser, config, pruning rules,
-pipeline purity, the signal seam."""
+"""Unit tests of the pure pieces: override parser, config and job settings, pruning rules,
+data purity, per-example randomness, the signal seam."""
 import math
 import signal
 
@@ -8,9 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from typing import Literal
+
+import tensorflow as tf
+
 from trainer import checkpoints_index as idx
-from trainer import exitcodes, lr_override, pipeline
+from trainer import exitcodes, lr_override
+from trainer import settings as settings_mod
 from trainer.config import ConfigError, TrainConfig
+from trainer.data import ArrayData, Replicas
+from trainer.example_random import ExampleRandom, example_keys
+from trainer.job import load
+from trainer.settings import SettingError
 from trainer.signals import StopRequest
 
 
@@ -37,24 +46,46 @@ def test_override_rejects(text):
 
 
 @pytest.mark.parametrize("field,value,flag", [
-    ("epochs", 0, "--epochs"), ("lr", float("nan"), "--lr"), ("max_to_keep", 1, "--max-to-keep"),
-    ("filters", (4,), "--filters"), ("stages", (), "--stages"), ("momentum", 1.0, "--momentum"),
-    ("train_size", 10, "--train-size"), ("save_every_seconds", 0, "--save-every-seconds"),
-    ("flush_timeout_s", 0, "--flush-timeout-s"), ("flush_timeout_s", float("inf"), "--flush-timeout-s")])
+    ("epochs", 0, "--epochs"), ("max_to_keep", 1, "--max-to-keep"), ("save_every_seconds", 0, "--save-every-seconds"),
+    ("flush_timeout_s", 0, "--flush-timeout-s"), ("flush_timeout_s", float("inf"), "--flush-timeout-s"),
+    ("keep_every_epochs", 0, "--keep-every-epochs"), ("lr_poll_seconds", 0, "--lr-poll-seconds"),
+    ("strategy", "ring", "--strategy"), ("log_every_steps", -1, "--log-every-steps")])
 def test_config_errors_name_the_flag(field, value, flag):
     with pytest.raises(ConfigError) as err:
-        TrainConfig.from_preset("runs/x", "small", **{field: value})
+        TrainConfig("runs/x", **{field: value})
     assert str(err.value).startswith(flag)
 
 
-def test_presets():
-    ref = TrainConfig.from_preset("r", "reference")
-    assert (ref.stages, ref.filters, ref.weight_decay, ref.lr, ref.batch_size, ref.image_size) == \
-        ((9, 9, 9), (64, 64, 128, 256), 1e-4, 0.1, 128, 32)
-    assert ref.train_size is None and ref.augment
-    assert TrainConfig.from_preset("r", "small", train_size="all").train_size is None
-    with pytest.raises(ConfigError, match="--preset"):
-        TrainConfig.from_preset("r", "huge")
+def test_reference_job_presets_and_settings():
+    job = load(None)
+    settings, epochs = job.choose("reference", {})
+    assert (settings.stages, settings.filters, settings.weight_decay, settings.lr, settings.momentum,
+            settings.batch_size, settings.image_size, settings.optimizer) == \
+        ((9, 9, 9), (64, 64, 128, 256), 1e-4, 0.1, 0.0, 128, 32, "sgd")
+    assert settings.train_size is None and settings.augment and settings.drop_remainder and epochs == 80
+    small, epochs = job.choose(None, {"train_size": 2048})
+    assert small.model == "cnn" and small.train_size == 2048 and epochs == 5
+    with pytest.raises(SettingError, match="--preset"):
+        job.choose("huge", {})
+    with pytest.raises(SettingError, match="no setting 'depth'"):
+        job.choose(None, {"depth": 3})
+    with pytest.raises(ValueError, match="--filters needs 4 values"):
+        job.choose("reference", {"filters": (8, 8)})
+    assert "lr" not in job.identity()["settings"] and "stages" in job.identity()["settings"]
+
+
+@pytest.mark.parametrize("kind,text,value", [
+    (int, "7", 7), (float, "1e-3", 1e-3), (bool, "no", False), (tuple[int, ...], "9,9, 9", (9, 9, 9)),
+    (int | None, "none", None), (Literal["sgd", "adam"], "adam", "adam"), (str, "x", "x")])
+def test_setting_values_parse(kind, text, value):
+    assert settings_mod.parse_value("s", kind, text) == value
+
+
+@pytest.mark.parametrize("kind,text", [(int, "1.5"), (float, "fast"), (bool, "maybe"), (tuple[int, ...], "1,x"),
+                                       (Literal["sgd", "adam"], "rmsprop"), (int, "none")])
+def test_bad_setting_values_name_the_setting(kind, text):
+    with pytest.raises(SettingError, match="^--my-setting: "):
+        settings_mod.parse_value("my_setting", kind, text)
 
 
 def _names(committed=(), partial=(), corrupt=()):
@@ -88,27 +119,55 @@ def test_leftovers_are_uncommitted_files_only():
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(0, 50), st.integers(1, 300), st.integers(1, 64))
-def test_epoch_plan_is_a_pure_function_of_seed_epoch_position(seed, epoch, n, batch):
-    a = pipeline.epoch_plan(seed, epoch, n, 32, True)
-    b = pipeline.epoch_plan(seed, epoch, n, 32, True)
-    assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("order", "flip", "dx", "dy"))
-    assert sorted(a.order) == list(range(n))
-    assert np.abs(a.dx).max() <= 3 and np.abs(a.dy).max() <= 3
-    assert pipeline.steps_per_epoch(n, batch) * batch >= n > (pipeline.steps_per_epoch(n, batch) - 1) * batch
+def test_epoch_order_is_a_permutation_from_seed_and_epoch(seed, epoch, n, batch):
+    data = ArrayData(np.arange(n), np.arange(n), batch_size=batch)
+    order = data.order(seed, epoch)
+    assert np.array_equal(order, data.order(seed, epoch)) and sorted(order) == list(range(n))
+    assert data.steps_per_epoch * batch >= n > (data.steps_per_epoch - 1) * batch
 
 
-def test_resumed_dataset_equals_the_tail_of_the_full_one():
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 300))
+def test_replica_shares_cover_a_batch_exactly(total, size):
+    layout = Replicas(total=total)
+    bounds = [layout.bounds(size, r) for r in range(total)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == size
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+
+
+def _augment(x, y, rand):
+    return x + rand.uniform(shape=(3,)), y + rand.integers(0, 1000)
+
+
+def test_resumed_epoch_equals_the_tail_of_the_full_one_and_shares_equal_the_batch():
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (100, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, 100, dtype=np.uint8)
-    kw = dict(seed=7, epoch=3, batch_size=16, image_size=32, augment=True)
-    full = list(pipeline.train_dataset(images, labels, start_step=0, **kw))
-    tail = list(pipeline.train_dataset(images, labels, start_step=4, **kw))
+    data = ArrayData(rng.normal(size=(100, 3)).astype(np.float32), np.arange(100, dtype=np.int32), batch_size=16,
+                     augment=_augment)
+    full = list(data.dataset(7, 3, 0))
+    tail = list(data.dataset(7, 3, 4))
     assert len(full) == 7 and len(tail) == 3
     for (xa, ya), (xb, yb) in zip(full[4:], tail):
         assert xa.numpy().tobytes() == xb.numpy().tobytes() and np.array_equal(ya, yb)
-    other_epoch = list(pipeline.train_dataset(images, labels, start_step=0, **{**kw, "epoch": 4}))
-    assert not np.array_equal(full[0][1], other_epoch[0][1])
+    halves = [list(data.dataset(7, 3, 4, Replicas(total=2, first=r, local=1))) for r in (0, 1)]
+    for (xa, _), first, second in zip(tail, *halves):  # each worker's share is its slice of the batch
+        assert xa.numpy().tobytes() == np.concatenate([first[0].numpy(), second[0].numpy()]).tobytes()
+    assert not np.array_equal(full[0][1], list(data.dataset(7, 4, 0))[0][1])
+
+
+def test_example_random_depends_on_seed_epoch_position_only():
+    keys = example_keys(1, 2, tf.range(6))
+    a, b = ExampleRandom(keys), ExampleRandom(keys)
+    first, again = a.uniform(shape=(4,)), b.uniform(shape=(4,))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, a.uniform(shape=(4,)))  # a second draw is another stream
+    tail = ExampleRandom(example_keys(1, 2, tf.range(3, 6))).uniform(shape=(4,))
+    assert np.array_equal(first[3:], tail)
+    assert not np.array_equal(first, ExampleRandom(example_keys(1, 3, tf.range(6))).uniform(shape=(4,)))
+    ints = ExampleRandom(example_keys(0, 0, tf.range(4000))).integers(-3, 4)
+    assert set(np.unique(ints)) == set(range(-3, 4))
+    normal = ExampleRandom(example_keys(0, 0, tf.range(20000))).normal()
+    assert abs(float(tf.reduce_mean(normal))) < 0.05 and abs(float(tf.math.reduce_std(normal)) - 1) < 0.05
 
 
 def test_stop_request_records_first_signal_and_aborts_on_second():

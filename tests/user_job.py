@@ -70,10 +70,10 @@ def build_model(s: Settings) -> keras.Model:
 
 
 def _examples(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, FEATURES)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(FEATURES, CLASSES)), axis=1).astype(np.int32)
-    return x, y
+    """Points and the class of a fixed linear map (the same for training and validation)."""
+    x = np.random.default_rng(seed).normal(size=(n, FEATURES)).astype(np.float32)
+    w = np.random.default_rng(1234).normal(size=(FEATURES, CLASSES))
+    return x, np.argmax(x @ w, axis=1).astype(np.int32)
 
 
 def _allowed(gate: str) -> int:

@@ -3,6 +3,7 @@
 Layout of ``<run-dir>/checkpoints`` (a standard TF checkpoint directory)::
 
     ckpt-12.index, ckpt-12.data-00000-of-00001   written by tf.train.CheckpointManager
+    ckpt-10.milestone                            ckpt-10 is an epoch milestone: retention keeps it
     ckpt-12.commit.json                          manifest (step, files, sizes, CRC32), written LAST
     checkpoint                                   TF state file, rewritten to name committed ones only
     ckpt-9.corrupt.json                          a checkpoint that failed verification, set aside
@@ -32,6 +33,7 @@ from .checkpoints_index import (
     CORRUPT,
     DIR,
     MARKER,
+    MILESTONE,
     STATE_FILE,
     committed,
     leftovers,
@@ -159,6 +161,9 @@ class CheckpointStore:
     def _write_and_commit(self, number: int, meta: dict) -> dict:
         """Writer thread: TF write of the snapshot, fsync, manifest (the commit), pruning."""
         prefix = self.manager.save(checkpoint_number=number)
+        if meta.get("milestone"):  # a name retention can see without reading manifests
+            _atomic_write(os.path.join(self.local_dir, f"ckpt-{number}{MILESTONE}"),
+                          json.dumps({"epoch": meta.get("epoch")}))
         manifest = {"number": number, "prefix": os.path.basename(prefix), "time": time.time(),
                     **meta, "files": {}}
         for name in sorted(os.listdir(self.local_dir)):

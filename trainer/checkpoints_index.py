@@ -1,7 +1,9 @@
 """Names in a checkpoint directory, and reading commit markers without TensorFlow.
 
 ``ckpt-<n>.commit.json`` marks checkpoint n as complete; ``ckpt-<n>.corrupt.json``
-marks one that failed verification and was set aside.
+marks one that failed verification and was set aside; ``ckpt-<n>.milestone`` (one
+of the checkpoint's files, so it is uploaded and verified with it) marks an epoch
+milestone that retention never deletes.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import re
 
 DIR = "checkpoints"
 MARKER = ".commit.json"
+MILESTONE = ".milestone"
 CORRUPT = ".corrupt.json"
 STATE_FILE = "checkpoint"
 _NAME = re.compile(r"^ckpt-(\d+)(?:\.|_temp)")
@@ -27,6 +30,10 @@ def committed(names) -> list[int]:
 
 def set_aside(names) -> set[int]:
     return {number_of(n) for n in names if n.endswith(CORRUPT)}
+
+
+def milestones(names) -> set[int]:
+    return {number_of(n) for n in names if n.endswith(MILESTONE)}
 
 
 def committed_manifests(storage) -> list[dict]:
@@ -49,7 +56,8 @@ def state_file_text(numbers) -> str:
 
 
 def to_prune(names, max_to_keep: int, keep_also=()) -> list[str]:
-    """Names to delete so that the newest ``max_to_keep`` committed checkpoints remain.
+    """Names to delete so that the newest ``max_to_keep`` committed checkpoints (and every
+    milestone) remain.
 
     Also drops uncommitted files older than the newest commit (leftovers of a
     dead writer). Never touches set-aside checkpoints or anything newer than
@@ -60,7 +68,7 @@ def to_prune(names, max_to_keep: int, keep_also=()) -> list[str]:
     done = committed(names)
     if not done:
         return []
-    keep = set(done[:max_to_keep]) | set(keep_also) | set_aside(names)
+    keep = set(done[:max_to_keep]) | set(keep_also) | set_aside(names) | (milestones(names) & set(done))
     doomed = [n for n in names if number_of(n) is not None and number_of(n) not in keep
               and number_of(n) < done[0]]
     return sorted(doomed, key=lambda n: not n.endswith(MARKER))

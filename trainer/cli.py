@@ -58,6 +58,9 @@ def train_parser(job=None) -> argparse.ArgumentParser:
                         f"{job.default_preset if job else '-'})")
     t.add_argument("--fresh", action="store_true",
                    help="start over; an existing local run is moved to <run-dir>.bak-<time>")
+    t.add_argument("--from", dest="rollback_to", default=None, metavar="ckpt-N|epoch-E",
+                   help="go back to this kept snapshot first: later checkpoints and the history move to "
+                        "<run-dir>/archive/ (see `status` for the milestones)")
     for flag, kind, helptext in (
             ("--epochs", int, "total epochs of the run (default: the preset's or the job's EPOCHS)"),
             ("--seed", int, "seeds the model's initial weights and every epoch's order (default 42)"),
@@ -198,5 +201,20 @@ def _train_main(argv: list[str]) -> int:
             log.error("%s", exc)
             return exitcodes.BAD_INPUT
         from .run import train
-        resume = f"{PROG} train " + shlex.join(a for a in argv if a != "--fresh")
-        return train(cfg, job, fresh=args.fresh, resume_command=resume, stop=stop).exit_code
+        return train(cfg, job, fresh=args.fresh, rollback_to=args.rollback_to,
+                     resume_command=f"{PROG} train " + shlex.join(_one_shot_flags_removed(argv)), stop=stop).exit_code
+
+
+def _one_shot_flags_removed(argv: list[str]) -> list[str]:
+    """The arguments that resume this run: without --fresh and --from (they act once)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--fresh" or arg.startswith("--from="):
+            continue
+        elif arg == "--from":
+            skip = True
+        else:
+            out.append(arg)
+    return out

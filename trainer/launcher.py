@@ -33,13 +33,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.train_args = list(train_args)
 
     def __call__(self) -> dict:
-        from .cli import build_parser, config_from_args, setup_logging
+        from .cli import parse_train
         from .run import train
 
-        setup_logging()
         requeue_handlers = {sig: signal.getsignal(sig) for sig in CAUGHT}
-        args = build_parser().parse_args(["train", *self.train_args])
-        outcome = train(config_from_args(args), fresh=args.fresh)
+        cfg, job, args = parse_train(self.train_args)
+        outcome = train(cfg, job, fresh=args.fresh)
         if outcome.exit_code == exitcodes.DONE:
             return outcome.final_metrics
         if exitcodes.is_interrupted(outcome.exit_code):
@@ -71,7 +70,7 @@ def _submitit_handler(handlers: dict, signum: int) -> Callable | None:
 def launch(train_args: list[str], folder: str = "runs/submitit/%j", cluster: str | None = None,
            timeout_min: int = 60, signal_delay_s: int = 90, max_num_timeout: int = 20,
            **parameters) -> submitit.Job:
-    """Submit ``python -m trainer train <train_args>`` and return the submitit job.
+    """Submit ``python -m trainer train <train_args>`` (``--job`` included) and return the submitit job.
 
     ``parameters`` are passed to ``AutoExecutor.update_parameters`` (e.g.
     ``slurm_partition="gpu"``, ``gpus_per_node=1``).

@@ -18,7 +18,6 @@ log = logging.getLogger("trainer")
 
 HISTORY_JSON = "history.json"
 HISTORY_PNG = "history.png"
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def new_history() -> dict:
@@ -27,7 +26,7 @@ def new_history() -> dict:
 
 def add_event(history: dict, kind: str, *, epoch: int, step_in_epoch: int, steps_per_epoch: int,
               global_step: int, **details) -> None:
-    """``kind`` is "resume" or "lr_change"; the position is in fractional epochs."""
+    """``kind`` is "resume", "rollback" or "lr_change"; the position is in fractional epochs."""
     history["events"].append({"kind": kind, "position": epoch + step_in_epoch / steps_per_epoch,
                               "global_step": global_step, **details})
 
@@ -52,35 +51,52 @@ class HistoryWriter(LatestOnlyWorker):
         self._done()
 
 
+def metric_names(epochs: list[dict]) -> list[str]:
+    """The metrics the epochs record (``loss`` first), without their ``val_`` twins."""
+    skip = {"epoch", "global_step", "lr", "wall_time", "finished_at"}
+    names = {k.removeprefix("val_") for e in epochs for k in e if k not in skip}
+    return sorted(names, key=lambda n: (n != "loss", n))
+
+
 def render_png(history: dict) -> bytes:
+    """One panel per metric (training and validation), with the run's events marked."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     epochs = history["epochs"]
     x = [e["epoch"] for e in epochs]
-    fig = Figure(figsize=(11, 4.5), dpi=90)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, keys, title in ((ax_loss, ("loss", "val_loss"), "loss"),
-                            (ax_acc, ("accuracy", "val_accuracy"), "accuracy")):
-        for key in keys:
+    names = metric_names(epochs)[:4] or ["loss"]
+    fig = Figure(figsize=(5.5 * len(names), 4.5), dpi=90)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        for key in (name, f"val_{name}"):
             ys = [e.get(key) for e in epochs]
             if any(y is not None for y in ys):
                 ax.plot(x, ys, marker="o", markersize=3, label=key)
         for event in history["events"]:
-            if event["kind"] == "resume":
-                ax.axvline(event["position"], color="gray", linestyle="--", linewidth=0.8)
-            else:
-                ax.axvline(event["position"], color="tab:red", linestyle=":", linewidth=1.2)
-                ax.annotate(f"lr {event['to']:.0e}", (event["position"], 1), xycoords=("data", "axes fraction"),
-                            rotation=90, va="top", ha="right", fontsize=7, color="tab:red")
+            style = _EVENT_STYLE[event["kind"]]
+            ax.axvline(event["position"], **style)
+            label = (f"lr {event['to']:.0e}" if event["kind"] == "lr_change" else
+                     f"back from step {event['from_global_step']}" if event["kind"] == "rollback" else None)
+            if label:
+                ax.annotate(label, (event["position"], 1), xycoords=("data", "axes fraction"), rotation=90,
+                            va="top", ha="right", fontsize=7, color=style["color"])
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.set_title(name)
         ax.grid(alpha=0.3)
         if epochs:
             ax.legend(loc="best", fontsize=8)
-    fig.suptitle("training history (dashed: resumed, dotted red: learning-rate change)", fontsize=9)
+    fig.suptitle("training history (dashed gray: resumed, dotted red: learning-rate change, "
+                 "dash-dot purple: rolled back)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+_EVENT_STYLE = {
+    "resume": dict(color="gray", linestyle="--", linewidth=0.8),
+    "lr_change": dict(color="tab:red", linestyle=":", linewidth=1.2),
+    "rollback": dict(color="tab:purple", linestyle="-.", linewidth=1.4),
+}

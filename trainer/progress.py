@@ -4,7 +4,7 @@ The bar starts at the resumed position (e.g. 37/94), not at 0, and reads the
 step's metrics only when it redraws (at most every ``REDRAW_S``): reading a
 metric waits for the step to finish, which would stall an accelerator's queue
 at every step. ``--log-every-steps N`` prints ``STEP {...}`` every N steps for
-logs that are not a terminal (SLURM output files). ``EPOCH {...}`` is printed
+logs that are not a terminal (SLURM output files), which get no bar. ``EPOCH {...}`` is printed
 even with ``--quiet`` so scripts and log scrapers can follow a run.
 """
 from __future__ import annotations
@@ -31,6 +31,13 @@ def _floats(logs) -> dict:
     return out
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class Progress:
     def __init__(self, state: TrainerState, steps_per_epoch: int, epochs: int, quiet: bool,
                  log_every_steps: int | None = None, stream=None):
@@ -47,6 +54,8 @@ class Progress:
         if self.quiet:
             return
         print(f"Epoch {epoch + 1}/{self.epochs}", file=self.stream, flush=True)
+        if not _is_terminal(self.stream):  # a log file gets the EPOCH (and STEP) lines, not a bar
+            return
         self._bar = keras.utils.Progbar(self.steps_per_epoch)
         if self.state.step_in_epoch:
             self._bar.update(self.state.step_in_epoch)

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from . import data as data_mod
-from . import distribute, exitcodes, export, lr_override, monitor
+from . import distribute, exitcodes, export, lr_override, monitor, rollback
 from .checkpoints import CheckpointError, CheckpointStore, IncompatibleCheckpoint
 from .config import ConfigError, TrainConfig, dumps
 from .data import DataError
@@ -72,14 +72,16 @@ def staging_dir(cfg: TrainConfig, storage: Storage) -> str:
     return os.path.join(base, hashlib.sha1(storage.root.encode()).hexdigest()[:16])
 
 
-def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, resume_command: str = "",
-          stop: StopRequest | None = None) -> Result:
-    """Run or resume training; never raises for the expected failures (see exitcodes)."""
+def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, rollback_to: str | None = None,
+          resume_command: str = "", stop: StopRequest | None = None) -> Result:
+    """Run or resume training (first going back to the snapshot ``rollback_to``, if given);
+    never raises for the expected failures (see exitcodes)."""
     stop = stop or StopRequest()
     with stop:
         try:
-            return _train(cfg, job, fresh, resume_command, stop)
-        except (ConfigError, SettingError, lr_override.OverrideError, JobError, ModelError) as exc:
+            return _train(cfg, job, fresh, rollback_to, resume_command, stop)
+        except (ConfigError, SettingError, lr_override.OverrideError, JobError, ModelError,
+                rollback.RollbackError) as exc:
             log.error("%s", exc)
             return Result(exitcodes.BAD_INPUT)
         except DataError as exc:
@@ -103,7 +105,12 @@ class Built:
 
 
 def build(job: Job, cfg: TrainConfig, cluster) -> Built:
-    """The job's data and compiled model, checked against each other, under the strategy."""
+    """The job's data and compiled model, checked against each other, under the strategy.
+
+    Keras's session is cleared first: layer names (and so the checkpoint's keys) come from
+    global counters, which a model built earlier in this process would have advanced."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.seed)
     with cluster.strategy.scope():
         raw = _call(job, "build_data")
         train_raw, val_raw = raw if isinstance(raw, tuple) and len(raw) == 2 else (raw, None)
@@ -133,7 +140,10 @@ def _call(job: Job, name: str):
                        "above") from exc
 
 
-def _train(cfg: TrainConfig, job: Job, fresh: bool, resume_command: str, stop: StopRequest) -> Result:
+def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, resume_command: str,
+           stop: StopRequest) -> Result:
+    if fresh and rollback_to:
+        raise ConfigError("from", "cannot be combined with --fresh", "--fresh starts over; --from goes back")
     storage = open_storage(cfg)
     if storage.is_remote:
         storage.probe()
@@ -141,12 +151,12 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, resume_command: str, stop: S
     requests.refresh()  # a malformed request file stops us before anything is touched
     if not fresh:
         _check_config(storage, cfg, job)
+    going_back = rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID")) if rollback_to else None
     if stop.requested:  # stopped during start-up: nothing to save yet
         return _stopped(stop.signum, stop, None, 0, None, None, resume_command)
 
     timings = {"imports": _process_age_s()}
     mark = time.monotonic()
-    keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     cluster = distribute.setup(cfg.strategy)
@@ -165,6 +175,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, resume_command: str, stop: S
     _write_config(storage, cfg, job)
     local_dir = (storage.local_path("checkpoints") if not storage.is_remote
                  else os.path.join(staging_dir(cfg, storage), "checkpoints"))
+    went_back = rollback.execute(storage, going_back, local_dir if storage.is_remote else None) if going_back else None
     store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep)
     writers = _Writers(store, monitor.HistoryWriter(storage), cfg.flush_timeout_s)
     try:
@@ -174,8 +185,11 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, resume_command: str, stop: S
         log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None))
         if manifest:
             state = TrainerState.from_json(built.state_var.numpy().decode())
-            monitor.add_event(state.history, "resume", epoch=state.epoch, step_in_epoch=state.step_in_epoch,
-                              steps_per_epoch=steps, global_step=state.global_step, time=time.time())
+            kind = "rollback" if went_back else "resume"
+            details = ({"from_global_step": went_back["from_global_step"], "archive": went_back["archive"]}
+                       if went_back else {})
+            monitor.add_event(state.history, kind, epoch=state.epoch, step_in_epoch=state.step_in_epoch,
+                              steps_per_epoch=steps, global_step=state.global_step, time=time.time(), **details)
             log.info("resumed from %s/ckpt-%d at %s, lr %g", store.storage.url("checkpoints"),
                      manifest["number"], state.position(steps), state.lr)
         else:

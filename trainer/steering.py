@@ -50,9 +50,16 @@ class LrRequests:
         self._done.set()
 
     def _poll(self) -> None:
+        seen = {r.digest for r in self._requests}
         while not self._done.wait(self.poll_s):
             try:
-                self.refresh()
+                for req in self.refresh():
+                    if req.digest not in seen:
+                        seen.add(req.digest)
+                        when = ("at the next step boundary" if req.at_epoch is None
+                                else f"when epoch {req.at_epoch} begins")
+                        log.info("found a learning-rate request in %s: %g, applied %s",
+                                 self.storage.url(req.name), req.value, when)
             except OverrideError as exc:  # a typo while training: say so once, keep training
                 if str(exc) not in self._complained:
                     self._complained.add(str(exc))

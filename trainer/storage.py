@@ -368,6 +368,16 @@ class Storage:
         finally:
             _remove_quietly(tmp)
 
+    def copy(self, src: str, dst: str) -> None:
+        """Copy the file ``src`` to ``dst`` inside the run dir (atomically for local roots)."""
+        if not self.is_remote:
+            _atomic_copy(self._local(src), self._local(dst))
+            return
+        try:
+            self._call("copying", src, "copy", self._remote(src), self._remote(dst))
+        except FileNotFoundError as exc:
+            raise self._not_found(src) from exc
+
     def listdir(self, rel: str = "") -> list[str]:
         """Sorted base names of the direct children; [] if there is no such directory."""
         if not self.is_remote:

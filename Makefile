@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine:
+#   make train   set up (if needed), then train the main job (resumes if interrupted)
+#   make test    set up the test dependencies, start the dev SLURM cluster, run the tests
+# Options: make train RUN_DIR=runs/x ARGS="--epochs 3"; PYTHON=python3.11 make test
+PYTHON ?= python3
+RUN_DIR ?= runs/fmnist
+ARGS ?=
+
+.PHONY: setup setup-test train test
+
+setup: .setup.stamp
+.setup.stamp: pyproject.toml scripts/setup.sh
+	PYTHON=$(PYTHON) scripts/setup.sh
+	touch $@
+
+setup-test: .setup-test.stamp
+.setup-test.stamp: pyproject.toml scripts/setup.sh
+	PYTHON=$(PYTHON) scripts/setup.sh --test
+	touch $@ .setup.stamp
+
+train: setup
+	$(PYTHON) -m trainer train --run-dir $(RUN_DIR) $(ARGS)
+
+test: setup-test
+	slurm/dev-cluster/start.sh
+	$(PYTHON) -m pytest
