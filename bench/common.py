@@ -50,3 +50,14 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def build_job(job: str | None, preset: str | None = None, **settings):
+    """A job's model and data as the trainer builds them (``trainer.run.build``), default strategy."""
+    from trainer import distribute
+    from trainer.config import TrainConfig
+    from trainer.job import load
+    from trainer.run import build
+    loaded = load(job)
+    loaded.choose(preset, settings)
+    return build(loaded, TrainConfig("unused"), distribute.setup("default"))

@@ -1,6 +1,6 @@
 """The alternative users have today: one model.fit with keras.callbacks.BackupAndRestore.
 
-Run by bench/preemption.py; same model and data as the trainer's preset. Appends
+Run by bench/preemption.py; the reference job's model and data for the same preset. Appends
 one line per executed batch to <backup>/steps.log so the bench can count work.
 """
 from __future__ import annotations
@@ -14,9 +14,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import data  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.model import build_resnet, compile_model  # noqa: E402
+from trainer.job import load  # noqa: E402
 
 
 class StepLog(keras.callbacks.Callback):
@@ -29,18 +27,18 @@ class StepLog(keras.callbacks.Callback):
 
 
 def main(backup_dir: str, preset: str, train_size: int, epochs: int, save_freq: int) -> None:
-    cfg = TrainConfig.from_preset("unused", preset, train_size=train_size, epochs=epochs)
-    keras.utils.set_random_seed(cfg.seed)
+    """The reference job's model and (unaugmented) data, trained by one model.fit."""
+    job = load(None)
+    settings, _ = job.choose(preset, {"train_size": train_size, "augment": False})
+    keras.utils.set_random_seed(42)
     tf.config.experimental.enable_op_determinism()
-    ds = data.load()
-    x = tf.image.resize(ds.x_train[:train_size, ..., None].astype(np.float32) / 255.0,
-                       (cfg.image_size, cfg.image_size)).numpy()
-    y = ds.y_train[:train_size].astype(np.int32)
-    model = build_resnet(cfg.image_size, cfg.stages, cfg.filters, cfg.weight_decay)
-    compile_model(model, cfg.lr, cfg.momentum)
+    train, _ = job.build_data(settings)
+    x, y = train.structure
+    x, y = train.prepare(tf.constant(x), tf.constant(y))
+    model = job.build_model(settings)
     os.makedirs(backup_dir, exist_ok=True)
     print("Epoch start", flush=True)
-    model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs, shuffle=True, verbose=0,
+    model.fit(x.numpy(), y.numpy(), batch_size=settings.batch_size, epochs=epochs, shuffle=True, verbose=0,
               callbacks=[keras.callbacks.BackupAndRestore(os.path.join(backup_dir, "backup"), save_freq=save_freq),
                          StepLog(os.path.join(backup_dir, "steps.log"))])
     np.savez(os.path.join(backup_dir, "final.npz"), *[v.numpy() for v in model.weights])

@@ -3,6 +3,7 @@ ResNet, steered through the LR override file with a real SIGTERM in every phase.
 Reports validation accuracy per phase next to the tutorial's 94.14%.
 
     python -m bench.quality                      # reduced budget (CPU): a few minutes
+    python -m bench.quality --old-recipe         # the same with the recipe before 0.2 (momentum 0.9)
     python -m bench.quality --full               # the tutorial's 40/10/10 epochs on all data (GPU)
 """
 from __future__ import annotations
@@ -37,13 +38,16 @@ def trainer(*args, interrupt_after: float | None = None) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true")
+    p.add_argument("--old-recipe", action="store_true",
+                   help="SGD momentum 0.9 and the last partial batch kept (the reference preset before 0.2)")
     p.add_argument("--run-dir", default=None)
     p.add_argument("--out", default="bench/results/quality.json")
     args = p.parse_args()
     run_dir = args.run_dir or tempfile.mkdtemp() + "/run"
     phases = [(0.1, 40), (0.01, 10), (0.001, 10)] if args.full else [(0.1, 2), (0.01, 1), (0.001, 1)]
     size = [] if args.full else ["--train-size", "3072", "--val-size", "1000"]
-    base = ["train", "--run-dir", run_dir, "--preset", "reference", "--quiet", "--no-tensorboard", *size]
+    recipe = ["--momentum", "0.9", "--no-drop-remainder"] if args.old_recipe else []
+    base = ["train", "--run-dir", run_dir, "--preset", "reference", "--quiet", "--no-tensorboard", *size, *recipe]
     started, total, results = time.time(), 0, []
     for i, (lr, epochs) in enumerate(phases):
         total += epochs
@@ -59,11 +63,13 @@ def main() -> None:
                         "lr_in_history": last["lr"]})
     import tensorflow as tf
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    report = {"device": device, "budget": "full" if args.full else "reduced", "phases": results,
+    report = {"device": device, "budget": "full" if args.full else "reduced",
+              "recipe": "old (momentum 0.9)" if args.old_recipe else "tutorial (plain SGD)", "phases": results,
               "resumes": sum(e["kind"] == "resume" for e in history["events"]),
               "wall_s": round(time.time() - started), "tutorial_val_accuracy": TUTORIAL_VAL_ACCURACY}
     write_json(args.out, report)
-    print(f"reference ResNet, {report['budget']} budget on {device}, {report['resumes']} resumes, "
+    print(f"reference ResNet, {report['recipe']} recipe, {report['budget']} budget on {device}, "
+          f"{report['resumes']} resumes, "
           f"{report['wall_s']} s\n")
     print(markdown_table(["phase", "lr", "epochs", "val accuracy", "tutorial (final)"],
                          [[r["phase"], f"{r['lr']:g}", r["epochs_done"], f"{r['val_accuracy']:.4f}",

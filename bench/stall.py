@@ -16,14 +16,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from bench.common import BUCKET, markdown_table, moto, write_json  # noqa: E402
+from bench.common import build_job  # noqa: E402
 from trainer.checkpoints import CheckpointStore  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.model import build_for_training  # noqa: E402
 from trainer.storage import Storage  # noqa: E402
 
 
 def measure(preset: str, storage: Storage, saves: int) -> dict:
-    groups = build_for_training(TrainConfig.from_preset("unused", preset)).groups
+    groups = build_job(None, preset).groups
     local = storage.local_path("checkpoints") if not storage.is_remote else tempfile.mkdtemp()
     store = CheckpointStore(groups, storage, local, 3)
     try:

@@ -16,6 +16,14 @@
 #                                          TRAINER_MAX_CRASH_RESTARTS, else exit with the code
 # A requeued job resumes from its last checkpoint (same job id; output appended).
 #
+# Several tasks (sbatch --nodes=2 --ntasks-per-node=1, or --ntasks=N): one worker per
+# task is started with srun; the workers find each other from SLURM's environment
+# (MultiWorkerMirroredStrategy, ports from the job id) and the job requeues once,
+# from this script, after srun has returned. A signal this script receives is sent
+# to every task with `scancel --signal=SIG <job>` (job steps only, not this shell);
+# the workers agree on the step to stop at. Instead of B:USR1 (this shell) you may
+# ask for --signal=USR1@N (every task of every job step, directly): same result.
+#
 # Settings (environment, exported by sbatch): TRAINER_RUN_DIR (default
 # runs/<job name>; passed as --run-dir unless the args have one), TRAINER_PYTHON
 # (python3), TRAINER_MAX_CRASH_RESTARTS (3), TRAINER_MAX_REQUEUES (100, time-limit
@@ -41,20 +49,32 @@ log() { echo "[train.sh $(date +%FT%T)] $*"; }
 log "job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID:-?}_$SLURM_ARRAY_TASK_ID)}" \
     "restart ${SLURM_RESTART_COUNT:-0} on $(hostname -s): $PY -m trainer train ${args[*]}"
 
+tasks=${SLURM_NTASKS:-1}
+launch=("$PY" -m trainer train "${args[@]}")
+[ "$tasks" -gt 1 ] && launch=(srun --kill-on-bad-exit=0 "${launch[@]}")
+
 phase=start child= pending= caught=
+send() {
+    if [ "$tasks" -gt 1 ]; then
+        scancel --signal="$1" "${SLURM_JOB_ID}"   # every task of the job step
+    else
+        kill -s "$1" "$child" 2>/dev/null
+    fi
+}
 forward() {
     caught=1
     case $phase in
         start) pending=$1; log "received SIG$1 before the trainer started; forwarding it at start" ;;
-        run) log "received SIG$1; forwarding to the trainer (pid $child)"; kill -s "$1" "$child" 2>/dev/null ;;
+        run) log "received SIG$1; forwarding to the trainer ($tasks task(s), pid $child)"; send "$1" ;;
         *) log "received SIG$1 after the trainer exited" ;;
     esac
 }
 for sig in USR1 USR2 TERM INT; do trap "forward $sig" "$sig"; done
 
-"$PY" -m trainer train "${args[@]}" &
+[ "$tasks" -gt 1 ] && log "$tasks tasks: one worker each, started with srun"
+"${launch[@]}" &
 child=$! phase=run
-[ -n "$pending" ] && kill -s "$pending" "$child" 2>/dev/null
+[ -n "$pending" ] && send "$pending"
 while :; do
     caught=
     wait "$child"; rc=$?

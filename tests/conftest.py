@@ -1,5 +1,7 @@
 pytest_plugins = ["tests.emulators"]
 
+from collections import defaultdict
+
 import pytest
 
 from tests import helpers
@@ -25,3 +27,20 @@ def uninterrupted(tmp_path_factory):
 def reference_run(uninterrupted):
     """The uninterrupted tiny run of the reference job."""
     return uninterrupted("reference", helpers.TINY)
+
+
+_COUNTS: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+
+@pytest.fixture
+def fault_report(request):
+    """``fault_report[key] += n`` adds to this test's line of the summary."""
+    return _COUNTS[request.node.name]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _COUNTS:
+        return
+    terminalreporter.section("reliability: faults injected")
+    for test, counts in sorted(_COUNTS.items()):
+        terminalreporter.write_line(f"{test}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -140,3 +140,32 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
 
 
 SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT}
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_workers(args, n: int = 2) -> list[subprocess.Popen]:
+    """``n`` trainer processes that find each other through TF_CONFIG on 127.0.0.1 (worker 0 is the chief)."""
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(n)]
+    procs = []
+    for index in range(n):
+        config = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT,
+                                      env={**env(), "TF_CONFIG": config}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def finish(procs, timeout=300) -> list[tuple[int, str]]:
+    """Wait for every process; [(exit code, output)]."""
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outputs)]

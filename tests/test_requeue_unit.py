@@ -79,3 +79,9 @@ def test_failed_scontrol_keeps_the_exit_code(capsys):
     fake = FakeSlurm(requeue_rc=1)
     assert requeue.main(["138"], env={"SLURM_JOB_ID": "9"}, run=fake, clock=lambda: 0.0) == 138
     assert "failed: denied" in capsys.readouterr().out
+
+
+def test_a_lost_worker_requeues_up_to_the_cap():
+    from trainer import exitcodes
+    assert requeue.decide(exitcodes.PEER_LOST, 0).requeue
+    assert not requeue.decide(exitcodes.PEER_LOST, 100, max_requeues=100).requeue

@@ -117,6 +117,35 @@ def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, rele
     helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
 
 
+@pytest.fixture(scope="module")
+def long_two_worker_reference(job_file, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("slurm-two-workers") / "run"
+    results = helpers.finish(helpers.start_workers(["train", "--run-dir", str(run_dir), "--job", job_file, *LONG]),
+                             timeout=900)
+    assert [code for code, _ in results] == [0, 0], results
+    return run_dir
+
+
+def test_two_task_job_requeues_on_its_time_limit_and_ends_bitwise_equal(slurm_cluster, releaser, job_file,
+                                                                          long_two_worker_reference, tmp_path):
+    """sbatch --ntasks=2: one worker per task (srun), MultiWorkerMirroredStrategy across them; the
+    warning signal reaches both, they stop at the same step, the job requeues once per stop."""
+    run_dir = tmp_path / "run"
+    job = sbatch(tmp_path, "--ntasks=2", "--cpus-per-task=1", "--time=1", "--signal=B:USR1@30",
+                 "--job-name=workers", str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir),
+                 "--job", job_file, *LONG, *SLOW)
+    assert wait_done(job) == "COMPLETED"
+    log = (tmp_path / f"slurm-workers-{job}.out").read_text()
+    assert "2 tasks: one worker each, started with srun" in log
+    requeues = re.findall(r"\] requeueing job \d+: stopped by signal 10 \(timeout\)", log)
+    assert len(requeues) >= 2, log
+    stops = re.findall(r"stopped at epoch \d+ step \d+/\d+ \(global step (\d+)\)", log)
+    assert len(stops) == 2 * len(requeues) and all(stops[i] == stops[i + 1] for i in range(0, len(stops), 2)), log
+    assert len(re.findall(r"worker 1 of 2 \(reads the chief's checkpoints\)", log)) == len(requeues) + 1
+    helpers.assert_bitwise_equal(helpers.latest_variables(long_two_worker_reference),
+                                 helpers.latest_variables(run_dir))
+
+
 def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser, long_reference, job_file, tmp_path):
     from trainer.launcher import launch
     run_dir = tmp_path / "run"

@@ -90,21 +90,35 @@ def _value(var):
     return getattr(var, "value", var) if not isinstance(var, tf.Variable) else var
 
 
+def _shadow(var) -> tf.Variable:
+    """A plain variable to copy ``var`` into (made without reading ``var``: under
+    MultiWorkerMirroredStrategy reading a metric's total is a collective)."""
+    dtype = tf.as_dtype(var.dtype)
+    initial = "" if dtype == tf.string else tf.zeros(var.shape, dtype)
+    return tf.Variable(initial, trainable=False, dtype=dtype)
+
+
 class CheckpointStore:
     """Saves are snapshots: the training loop only copies the variables into a
     shadow set (milliseconds); a single writer thread writes that snapshot with
-    CheckpointManager, commits it and, for remote runs, uploads it."""
+    CheckpointManager, commits it and, for remote runs, uploads it.
 
-    def __init__(self, groups: dict[str, dict], storage: Storage, local_dir: str, max_to_keep: int):
+    With ``writes=False`` (a worker that is not the chief) a save is only the
+    snapshot, which every worker must take part in (it reads mirrored and
+    summed variables collectively); restoring reads the chief's checkpoints,
+    downloading a remote run's into ``local_dir``, a folder of its own."""
+
+    def __init__(self, groups: dict[str, dict], storage: Storage, local_dir: str, max_to_keep: int,
+                 writes: bool = True):
         self.storage = storage          # the run directory
         self.local_dir = local_dir      # where TF writes
         self.max_to_keep = max_to_keep
+        self.writes = writes
         self.stats = SaveStats()
         self.checkpoint = tf.train.Checkpoint(**groups)  # restores into the live variables
         self.expected_shapes = {checkpoint_key(g, p): tuple(v.shape)
                                 for g, vs in groups.items() for p, v in vs.items()}
-        shadow = {g: {p: tf.Variable(_value(v), trainable=False) for p, v in vs.items()}
-                  for g, vs in groups.items()}
+        shadow = {g: {p: _shadow(v) for p, v in vs.items()} for g, vs in groups.items()}
         pairs = [(shadow[g][p], _value(v)) for g, vs in groups.items() for p, v in vs.items()]
 
         @tf.function
@@ -112,17 +126,24 @@ class CheckpointStore:
             for copy, live in pairs:
                 copy.assign(live)
         self._snapshot = snapshot
-        os.makedirs(local_dir, exist_ok=True)
+        self.uploader = self.writer = self.manager = None
+        if storage.is_remote or writes:
+            os.makedirs(local_dir, exist_ok=True)
+        self._last_number = max(self._all_numbers(), default=0)
+        if not writes:
+            return
         self._repair_state_file()
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**shadow), local_dir,
                                                   max_to_keep=None, checkpoint_name="ckpt")
-        self._last_number = max(self._all_numbers(), default=0)
         self.uploader = _Uploader(self) if storage.is_remote else None
         self.writer = _Writer(self)
 
     # ----------------------------------------------------------------- listing
     def _local_names(self) -> list[str]:
-        return os.listdir(self.local_dir)
+        try:
+            return os.listdir(self.local_dir)
+        except FileNotFoundError:  # a reader's view of a run with no checkpoint yet
+            return []
 
     def _remote_names(self) -> list[str]:
         return self.storage.listdir(DIR) if self.storage.is_remote else []
@@ -135,16 +156,20 @@ class CheckpointStore:
     def save(self, meta: dict) -> int:
         """Snapshot the variables and hand them to the writer; returns the checkpoint number."""
         started = time.perf_counter()
-        self.writer.wait_idle()  # the writer has finished reading the shadow set
-        self.writer.raise_error()
+        if self.writer:
+            self.writer.wait_idle()  # the writer has finished reading the shadow set
+            self.writer.raise_error()
         self._snapshot()
         self._last_number += 1
-        self.writer.submit((self._last_number, meta))
+        if self.writer:
+            self.writer.submit((self._last_number, meta))
         self.stats.blocked_s.append(time.perf_counter() - started)
         return self._last_number
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every save is committed (and uploaded, for remote runs)."""
+        if not self.writer:
+            return True
         deadline = time.monotonic() + timeout_s
         self.writer.wait_idle(timeout_s)
         self.writer.raise_error()
@@ -154,6 +179,8 @@ class CheckpointStore:
         return self.uploader.wait_idle(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
+        if not self.writer:
+            return
         self.writer.stop(join_s=10.0)  # a local write in progress is worth finishing
         if self.uploader:
             self.uploader.stop()
@@ -212,6 +239,14 @@ class CheckpointStore:
         for name in to_prune(self._local_names(), self.max_to_keep, keep_also):
             _remove(os.path.join(self.local_dir, name))
 
+    @property
+    def last_number(self) -> int:
+        return self._last_number
+
+    def follow(self, last_number: int) -> None:
+        """A reader numbers its snapshots like the chief (whose listing may differ from ours)."""
+        self._last_number = last_number
+
     def cleanup_stale(self) -> None:
         """At start: delete leftovers of uncommitted checkpoints, here and remotely."""
         stale = leftovers(self._local_names())
@@ -231,7 +266,12 @@ class CheckpointStore:
 
     # ----------------------------------------------------------------- restoring
     def restore_latest(self) -> dict | None:
-        """Restore the newest committed checkpoint that verifies; return its manifest.
+        """Restore the newest committed checkpoint that verifies; return its manifest."""
+        manifest = self.newest_usable()
+        return self.restore(manifest["number"]) if manifest else None
+
+    def newest_usable(self) -> dict | None:
+        """The manifest of the newest committed checkpoint that verifies (nothing is restored).
 
         Corrupt checkpoints are set aside with a warning and the previous one is
         tried. None only when the run has no committed checkpoint at all.
@@ -240,7 +280,7 @@ class CheckpointStore:
         candidates = sorted(set(committed(self._local_names())) | in_bucket, reverse=True)
         for number in candidates:
             try:
-                manifest = self.restore(number)
+                manifest = self._verify(number)
                 if self.uploader and number not in in_bucket:
                     # never reached the bucket (killed, or the store was down): upload it now, so
                     # that a run with nothing left to train still ends with it in the bucket
@@ -260,13 +300,18 @@ class CheckpointStore:
                 "--fresh to archive this one and start over")
         return None
 
+    def _verify(self, number: int) -> dict:
+        """Fetch (remote), check sizes, CRC32 and the variables' names and shapes; the manifest."""
+        manifest = self._fetch_and_verify(number)
+        self._check_compatible(os.path.join(self.local_dir, manifest["prefix"]), number)
+        return manifest
+
     def restore(self, number: int) -> dict:
         """Verify and restore committed checkpoint ``number`` (no fallback); its manifest.
-        CorruptCheckpoint if it fails verification, IncompatibleCheckpoint for another model."""
-        manifest = self._fetch_and_verify(number)
-        prefix = os.path.join(self.local_dir, manifest["prefix"])
-        self._check_compatible(prefix, number)
-        self.checkpoint.restore(prefix).expect_partial()
+        CorruptCheckpoint if it fails verification, IncompatibleCheckpoint for another model.
+        Under MultiWorkerMirroredStrategy restoring is collective: every worker calls it."""
+        manifest = self._verify(number)
+        self.checkpoint.restore(os.path.join(self.local_dir, manifest["prefix"])).expect_partial()
         return manifest
 
     def _read_manifest(self, number: int) -> dict:

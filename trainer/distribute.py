@@ -10,8 +10,13 @@ into the step's ``tf.function``; see :class:`CollectiveAgreement`).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import shutil
 import signal
+import subprocess
 from dataclasses import dataclass, field
 
 import tensorflow as tf
@@ -129,20 +134,107 @@ class Cluster:
         return f"{name} with {self.replicas.total} replica(s)"
 
 
+PORTS_PER_JOB = 8  # a SLURM job's workers on one node listen on port_base .. port_base + 7
+
+
+class ClusterError(ValueError):
+    """No usable cluster for ``--strategy multi-worker`` (exit code 2)."""
+
+
+def slurm_port_base(env) -> int:
+    """Ports from the job id, so that two jobs sharing a node do not collide (``TRAINER_PORT_BASE``
+    overrides): 20000 + 8 * (job id mod 4000)."""
+    if env.get("TRAINER_PORT_BASE"):
+        return int(env["TRAINER_PORT_BASE"])
+    return 20000 + PORTS_PER_JOB * (int(env.get("SLURM_JOB_ID", "0")) % 4000)
+
+
+def find_cluster(env=None):
+    """A cluster resolver when this process is one of several workers, else None.
+
+    ``TF_CONFIG`` with more than one worker, or a SLURM job step (``srun``) with
+    several tasks (``SLURM_STEP_NUM_TASKS``)."""
+    env = os.environ if env is None else env
+    if env.get("TF_CONFIG"):
+        try:
+            config = json.loads(env["TF_CONFIG"])
+        except ValueError as exc:
+            raise ClusterError(f"$TF_CONFIG is not valid JSON ({exc})") from None
+        if sum(len(v) for k, v in config.get("cluster", {}).items() if k in ("worker", "chief")) > 1:
+            return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        return None
+    if int(env.get("SLURM_STEP_NUM_TASKS") or 1) > 1 and "SLURM_PROCID" in env:
+        from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import (
+            expand_tasks_per_node,
+        )
+        resolver_cls = tf.distribute.cluster_resolver.SlurmClusterResolver
+        if shutil.which("nvidia-smi"):  # one GPU set per task, CUDA_VISIBLE_DEVICES set by the resolver
+            resolver = resolver_cls(port_base=slurm_port_base(env))
+            return _at_node_addresses(resolver, resolver.num_accelerators())
+        # CPU nodes: the resolver pairs ports with GPU slots, so give it one nominal slot per task
+        per_node = max(expand_tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"]))
+        resolver = resolver_cls(port_base=slurm_port_base(env), gpus_per_node=per_node, gpus_per_task=1,
+                                auto_set_gpu=False)
+        return _at_node_addresses(resolver, {})
+    return None
+
+
+def _at_node_addresses(resolver, accelerators: dict):
+    """The resolver's cluster with each node's NodeAddr (``scontrol show node``) instead of its
+    name: the address SLURM itself uses to reach the node."""
+    spec = resolver.cluster_spec().as_dict()
+    addresses = {}
+    for task_type, hosts in spec.items():
+        for i, host_port in enumerate(hosts):
+            host, port = host_port.rsplit(":", 1)
+            if host not in addresses:
+                addresses[host] = _node_addr(host)
+            hosts[i] = f"{addresses[host]}:{port}"
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(spec), task_type=resolver.task_type, task_id=resolver.task_id, rpc_layer="grpc",
+        num_accelerators=accelerators)
+
+
+def _node_addr(node: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    match = re.search(r"NodeAddr=(\S+)", out)
+    return match.group(1) if match else node
+
+
 def setup(kind: str = "auto") -> Cluster:
-    """The strategy for ``kind`` (one of STRATEGIES) and this process's place in it."""
+    """The strategy for ``kind`` (one of STRATEGIES) and this process's place in it. Call it
+    before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime."""
     if kind not in STRATEGIES:
         raise ValueError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {kind!r}")
+    resolver = find_cluster() if kind in ("auto", "multi-worker") else None
+    if kind == "multi-worker" and resolver is None:
+        raise ClusterError("--strategy multi-worker: no cluster found; set TF_CONFIG for each worker, or "
+                           "start the workers with srun (sbatch --ntasks=N slurm/train.sh does)")
+    if resolver is not None:
+        return _multi_worker(resolver)
     if kind == "auto":
-        kind = "default"
-        if len(tf.config.list_physical_devices("GPU")) > 1:
-            kind = "mirrored"
-    if kind == "mirrored":
-        strategy = tf.distribute.MirroredStrategy()
-    else:
-        strategy = tf.distribute.get_strategy()
+        kind = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
+    strategy = tf.distribute.MirroredStrategy() if kind == "mirrored" else tf.distribute.get_strategy()
     replicas = Replicas(total=strategy.num_replicas_in_sync, first=0, local=strategy.num_replicas_in_sync)
     return Cluster(strategy, replicas, True, 1, 0, Agreement())
+
+
+def _multi_worker(resolver) -> Cluster:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    spec = resolver.cluster_spec().as_dict()
+    workers = sum(len(spec.get(k, [])) for k in ("chief", "worker"))
+    index = resolver.task_id if resolver.task_type != "chief" else 0
+    if resolver.task_type == "worker" and "chief" in spec:
+        index += 1
+    local = len(strategy.extended.worker_devices)
+    is_chief = index == 0
+    replicas = Replicas(total=strategy.num_replicas_in_sync, first=index * local, local=local)
+    log.info("worker %d of %d (%s), %d replica(s) here", index, workers,
+             "chief: writes the run dir" if is_chief else "reads the chief's checkpoints", local)
+    return Cluster(strategy, replicas, is_chief, workers, index, CollectiveAgreement(strategy, is_chief))
 
 
 def signal_name(signum: int) -> str:

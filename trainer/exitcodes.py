@@ -11,6 +11,7 @@ BAD_INPUT = 2        # bad flag, config or LR override file; nothing was trained
 CHECKPOINT_ERROR = 3  # no usable checkpoint although the run has some, or a different model
 DATA_ERROR = 4       # the dataset is missing or damaged
 STORAGE_ERROR = 5    # the run directory's storage cannot be used
+PEER_LOST = 6        # another worker of a multi-worker job died; checkpoints are intact: requeue
 
 
 def interrupted(signum: int) -> int:

@@ -5,6 +5,8 @@ trainer has exited. The decision:
 
 * 0 (done) and 2-5 (bad input, checkpoint, data, storage: a rerun would fail
   the same way): never requeue.
+* 6 (a worker of a multi-worker job was lost; the survivors stopped): requeue,
+  at most ``TRAINER_MAX_REQUEUES`` times.
 * 128+N (stopped by a signal after committing a checkpoint): requeue. Whether
   this was the time limit or a preemption is logged; time-limit requeues are
   capped by ``TRAINER_MAX_REQUEUES`` (default 100), preemptions always requeue.
@@ -49,6 +51,10 @@ def decide(code: int, restart_count: int, *, max_crash_restarts: int = 3, max_re
         return Decision(False, "training complete")
     if code in NEVER_REQUEUE:
         return Decision(False, f"exit code {code} is not retryable (see README's exit codes)")
+    if code == exitcodes.PEER_LOST:
+        if restart_count >= max_requeues:
+            return Decision(False, f"a worker was lost {restart_count} times (TRAINER_MAX_REQUEUES={max_requeues})")
+        return Decision(True, "a worker of the job was lost; the newest commit is intact")
     if exitcodes.is_interrupted(code):
         if stop_kind == "timeout" and restart_count >= max_requeues:
             return Decision(False, f"time limit reached {restart_count} times (TRAINER_MAX_REQUEUES={max_requeues})")

@@ -33,7 +33,7 @@ from .signals import StopRequest
 from .state import TrainerState
 from .steering import LrRequests, Steering
 from .storage import Storage, StorageError
-from .variables import ModelError, check_model, prepare
+from .variables import ModelError, check_model, prepare, state_variable
 
 log = logging.getLogger("trainer")
 
@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, rollback_to: str |
         try:
             return _train(cfg, job, fresh, rollback_to, resume_command, stop)
         except (ConfigError, SettingError, lr_override.OverrideError, JobError, ModelError,
-                rollback.RollbackError) as exc:
+                rollback.RollbackError, distribute.ClusterError) as exc:
             log.error("%s", exc)
             return Result(exitcodes.BAD_INPUT)
         except DataError as exc:
@@ -122,11 +122,12 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         if train is None:
             raise JobError(f"job {job.label}: build_data returned no training data")
         model = check_model(_call(job, "build_model"), job.label)
-        prepared = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label)
+        groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label)
+    groups["trainer"] = {"state": state_variable()}
     for source in (train, validation):
         if source is not None and source.warning:
             log.warning("%s", source.warning)
-    return Built(model, train, validation, prepared.state, prepared.groups)
+    return Built(model, train, validation, groups["trainer"]["state"], groups)
 
 
 def _call(job: Job, name: str):
@@ -144,6 +145,11 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
            stop: StopRequest) -> Result:
     if fresh and rollback_to:
         raise ConfigError("from", "cannot be combined with --fresh", "--fresh starts over; --from goes back")
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    cluster = distribute.setup(cfg.strategy)  # before any other TF op; waits for every worker
+    stop.reclaim()
+    chief = cluster.is_chief
     storage = open_storage(cfg)
     if storage.is_remote:
         storage.probe()
@@ -151,15 +157,13 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
     requests.refresh()  # a malformed request file stops us before anything is touched
     if not fresh:
         _check_config(storage, cfg, job)
-    going_back = rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID")) if rollback_to else None
+    going_back = (rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID"))
+                  if rollback_to and chief else None)
     if stop.requested:  # stopped during start-up: nothing to save yet
         return _stopped(stop.signum, stop, None, 0, None, None, resume_command)
 
     timings = {"imports": _process_age_s()}
     mark = time.monotonic()
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    cluster = distribute.setup(cfg.strategy)
     built = build(job, cfg, cluster)
     steps = built.train.steps_per_epoch
     log.info("job %s: %s, %d steps per epoch%s; %s", job.label, built.model.name, steps,
@@ -167,76 +171,108 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
              cluster.describe())
     timings["job"], mark = time.monotonic() - mark, time.monotonic()
 
-    if fresh:
-        _archive(storage)
-    torn = storage.remove_torn_writes()
-    if torn:
-        log.warning("removed %d temporary file(s) of writes cut short by a kill: %s", len(torn), ", ".join(torn))
-    _write_config(storage, cfg, job)
     local_dir = (storage.local_path("checkpoints") if not storage.is_remote
                  else os.path.join(staging_dir(cfg, storage), "checkpoints"))
-    went_back = rollback.execute(storage, going_back, local_dir if storage.is_remote else None) if going_back else None
-    store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep)
-    writers = _Writers(store, monitor.HistoryWriter(storage), cfg.flush_timeout_s)
+    went_back = None
+    if chief:  # only the chief changes the run dir
+        if fresh:
+            _archive(storage)
+        torn = storage.remove_torn_writes()
+        if torn:
+            log.warning("removed %d temporary file(s) of writes cut short by a kill: %s", len(torn), ", ".join(torn))
+        _write_config(storage, cfg, job)
+        if going_back:
+            went_back = rollback.execute(storage, going_back, local_dir if storage.is_remote else None)
+    elif storage.is_remote:  # a worker's own copies of the chief's checkpoints
+        local_dir = os.path.join(staging_dir(cfg, storage), f"worker-{cluster.index}", "checkpoints")
+    store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep, writes=chief)
+    writers = _Writers(store, monitor.HistoryWriter(storage) if chief else None, cfg.flush_timeout_s)
     try:
-        store.cleanup_stale()
-        manifest = store.restore_latest()
-        timings["restore"] = time.monotonic() - mark
-        log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None))
-        if manifest:
-            state = TrainerState.from_json(built.state_var.numpy().decode())
-            kind = "rollback" if went_back else "resume"
-            details = ({"from_global_step": went_back["from_global_step"], "archive": went_back["archive"]}
-                       if went_back else {})
-            monitor.add_event(state.history, kind, epoch=state.epoch, step_in_epoch=state.step_in_epoch,
-                              steps_per_epoch=steps, global_step=state.global_step, time=time.time(), **details)
-            log.info("resumed from %s/ckpt-%d at %s, lr %g", store.storage.url("checkpoints"),
-                     manifest["number"], state.position(steps), state.lr)
-        else:
-            state = TrainerState(lr=float(built.model.optimizer.learning_rate.numpy()), seed=cfg.seed)
-            log.info("starting a new run in %s (%d epochs)", storage.root, cfg.epochs)
-
-        saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
-                      cfg.save_every_seconds, cfg.keep_every_epochs)
-        steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, cluster.is_chief)
-        pending = requests.immediate()
-        if pending:
-            steering.apply(pending.value, [pending], requests, "requested while the run was stopped")
-        writers.history.submit_history(state.history)
-
-        if state.epoch >= cfg.epochs or state.stopped_early:
-            why = "stopped early by a callback" if state.stopped_early else f"{state.epoch}/{cfg.epochs} epochs"
-            print(f"training already complete: {why} (global step {state.global_step}); nothing to do."
-                  + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
-            return _finished(writers, state, None, built.model, cfg, storage)
-        if stop.requested:
-            return _stopped(stop.signum, stop, state, steps, None, writers, resume_command)
-
-        requests.start()
-        loop = Loop(built.model, cluster.strategy, cluster.replicas, built.train, built.validation, cfg.seed,
-                    cfg.epochs, state, saver, stop, cluster.agreement,
-                    Progress(state, steps, cfg.epochs, cfg.quiet, cfg.log_every_steps), steering,
-                    requests, writers.history, _callbacks(job, built.model, cfg, storage, steps))
-        try:
-            loop.run()
-        except Interrupted as exc:
-            return _stopped(exc.signum, stop, state, steps, exc.checkpoint, writers, resume_command)
-        print(f"training complete: {state.epoch} epochs, global step {state.global_step}, "
-              f"final {json.dumps(_last_metrics(state))}", flush=True)
-        return _finished(writers, state, saver.last_checkpoint, built.model, cfg, storage)
+        return _run(cfg, job, cluster, storage, built, store, writers, requests, went_back, timings, mark, stop,
+                    resume_command)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as exc:
+        if cluster.workers == 1:
+            raise
+        log.error("a worker of this job was lost (%s: %s); this worker stops too. The committed checkpoints "
+                  "are intact: restart the job (SLURM requeues it) to resume from the newest", type(exc).__name__,
+                  str(exc).strip().splitlines()[0][:300])
+        return Result(exitcodes.PEER_LOST)
     finally:
         requests.close()
         writers.close()
 
 
-def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int):
-    """The job's Keras callbacks (and TensorBoard), called by the loop at the usual hooks."""
+def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back, timings, mark, stop,
+         resume_command) -> Result:
+    chief, agreement, steps = cluster.is_chief, cluster.agreement, built.train.steps_per_epoch
+    newest = None
+    if chief:
+        store.cleanup_stale()
+        newest = store.newest_usable()
+    # every worker waits here for the chief's start-up, then all restore what the chief chose
+    number = agreement.share(newest["number"] if newest else None)
+    store.follow(int(agreement.share(float(store.last_number)) or 0))
+    manifest = store.restore(int(number)) if number else None
+    timings["restore"] = time.monotonic() - mark
+    log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None))
+    if manifest:
+        state = TrainerState.from_json(built.state_var.numpy().decode())
+        kind = "rollback" if went_back else "resume"
+        details = ({"from_global_step": went_back["from_global_step"], "archive": went_back["archive"]}
+                   if went_back else {})
+        monitor.add_event(state.history, kind, epoch=state.epoch, step_in_epoch=state.step_in_epoch,
+                          steps_per_epoch=steps, global_step=state.global_step, time=time.time(), **details)
+        log.info("resumed from %s/ckpt-%d at %s, lr %g", storage.url("checkpoints"),
+                 manifest["number"], state.position(steps), state.lr)
+    else:
+        state = TrainerState(lr=float(built.model.optimizer.learning_rate.numpy()), seed=cfg.seed)
+        log.info("starting a new run in %s (%d epochs)", storage.root, cfg.epochs)
+
+    saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
+                  cfg.save_every_seconds, cfg.keep_every_epochs)
+    steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, chief)
+    pending = requests.immediate() if chief else None
+    value = agreement.share(pending.value if pending else None)
+    if value is not None:
+        steering.apply(value, [pending] if pending else [], requests if chief else None,
+                       "requested while the run was stopped")
+    if writers.history:
+        writers.history.submit_history(state.history)
+
+    if state.epoch >= cfg.epochs or state.stopped_early:
+        why = "stopped early by a callback" if state.stopped_early else f"{state.epoch}/{cfg.epochs} epochs"
+        print(f"training already complete: {why} (global step {state.global_step}); nothing to do."
+              + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
+        return _finished(writers, state, None, built.model, cfg, storage, chief)
+    if stop.requested:
+        return _stopped(stop.signum, stop, state, steps, None, writers, resume_command)
+
+    if chief:
+        requests.start()
+    loop = Loop(built.model, cluster.strategy, cluster.replicas, built.train, built.validation, cfg.seed,
+                cfg.epochs, state, saver, stop, agreement,
+                Progress(state, steps, cfg.epochs, cfg.quiet, cfg.log_every_steps), steering,
+                requests if chief else None, writers.history,
+                _callbacks(job, built.model, cfg, storage, steps, chief))
+    try:
+        loop.run()
+    except Interrupted as exc:
+        return _stopped(exc.signum, stop, state, steps, exc.checkpoint, writers, resume_command)
+    print(f"training complete: {state.epoch} epochs, global step {state.global_step}, "
+          f"final {json.dumps(_last_metrics(state))}", flush=True)
+    return _finished(writers, state, saver.last_checkpoint, built.model, cfg, storage, chief)
+
+
+def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int, chief: bool):
+    """The job's Keras callbacks (on every worker, as with model.fit; TensorBoard on the chief),
+    called by the loop at the usual hooks."""
     callbacks = list(_call(job, "callbacks")) if job.make_callbacks else []
     for cb in callbacks:
         if not isinstance(cb, keras.callbacks.Callback):
             raise JobError(f"job {job.label}: callbacks() must return keras.callbacks.Callback objects, "
                            f"got {type(cb).__name__}")
-    if cfg.tensorboard:
+    if cfg.tensorboard and chief:
         tb_dir = (storage.local_path("tensorboard") if not storage.is_remote
                   else os.path.join(staging_dir(cfg, storage), "tensorboard"))
         callbacks.append(keras.callbacks.TensorBoard(tb_dir, update_freq="epoch"))
@@ -249,7 +285,7 @@ def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int):
 class _Writers:
     """The run's background writers: checkpoints (with uploads) and the history files."""
     store: CheckpointStore
-    history: monitor.HistoryWriter
+    history: monitor.HistoryWriter | None  # the chief's
     timeout_s: float
 
     def flush(self, why: str, timeout_s: float | None = None) -> bool:
@@ -257,8 +293,9 @@ class _Writers:
         timeout_s = timeout_s or self.timeout_s
         started = time.monotonic()
         ok = self.store.flush(timeout_s)
-        self.history.wait_idle(max(0.0, timeout_s - (time.monotonic() - started)))
-        if self.store.storage.is_remote:
+        if self.history:
+            self.history.wait_idle(max(0.0, timeout_s - (time.monotonic() - started)))
+        if self.store.storage.is_remote and self.store.writes:
             if ok:
                 log.info("upload flushed (%s) in %.2fs", why, time.monotonic() - started)
             else:
@@ -269,15 +306,16 @@ class _Writers:
 
     def close(self) -> None:
         self.store.close()
-        self.history.stop()
+        if self.history:
+            self.history.stop()
 
 
 def _finished(writers: _Writers, state: TrainerState, checkpoint: int | None, model, cfg: TrainConfig,
-              storage: Storage) -> Result:
+              storage: Storage, chief: bool = True) -> Result:
     """Done only once the final checkpoint is in the run dir (no kill deadline here, so the
     upload gets minutes); else a storage error: re-running on this machine uploads it."""
     ok = writers.flush("final", FINAL_FLUSH_TIMEOUT_S)
-    if ok and cfg.export:
+    if ok and cfg.export and chief:
         export.write_model(model, storage)
     return Result(exitcodes.DONE if ok else exitcodes.STORAGE_ERROR, state, checkpoint, _last_metrics(state))
 

@@ -46,6 +46,13 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self.handle)
         return self
 
+    def reclaim(self) -> None:
+        """Register the handlers again. TensorFlow's coordination service (started with a
+        multi-worker strategy) installs a SIGTERM handler of its own in C++, which Python's
+        own table of handlers does not show."""
+        for sig in self._previous:
+            signal.signal(sig, self.handle)
+
     def uninstall(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)

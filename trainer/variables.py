@@ -10,8 +10,6 @@ own JSON state.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 import tensorflow as tf
 
@@ -20,11 +18,10 @@ class ModelError(ValueError):
     """The job's model cannot be trained as given (exit code 2)."""
 
 
-@dataclass
-class TrainingState:
-    model: keras.Model
-    state: tf.Variable  # the trainer's JSON state, checkpointed with the weights
-    groups: dict
+def state_variable() -> tf.Variable:
+    """The string variable holding the trainer's JSON state, checkpointed with the weights.
+    Make it outside the strategy's scope: a string cannot be mirrored (each worker keeps its own)."""
+    return tf.Variable("", dtype=tf.string, trainable=False)
 
 
 def check_model(model, job_label: str) -> keras.Model:
@@ -37,8 +34,9 @@ def check_model(model, job_label: str) -> keras.Model:
     return model
 
 
-def prepare(model: keras.Model, batch_spec, job_label: str) -> TrainingState:
-    """Build the model, its metrics and optimizer slots from ``batch_spec`` (one global batch)."""
+def prepare(model: keras.Model, batch_spec, job_label: str) -> dict:
+    """Build the model, its metrics and optimizer slots from ``batch_spec`` (one global batch);
+    the variables a checkpoint holds, grouped by owner (add the trainer's state variable)."""
     sample = tf.nest.map_structure(lambda s: tf.zeros([d or 1 for d in s.shape], s.dtype), batch_spec)
     if not isinstance(sample, tuple):
         sample = (sample,)
@@ -49,9 +47,6 @@ def prepare(model: keras.Model, batch_spec, job_label: str) -> TrainingState:
         raise ModelError(f"job {job_label}: the model does not accept the data: batches are {shapes}; "
                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
     model.optimizer.build(model.trainable_variables)
-    state = tf.Variable("", dtype=tf.string, trainable=False)
-    groups = {"model": {v.path: v for v in model.variables},
-              "optimizer": {v.path: v for v in model.optimizer.variables},
-              "metrics": {f"{i}/{v.path}": v for i, v in enumerate(model.metrics_variables)},
-              "trainer": {"state": state}}
-    return TrainingState(model, state, groups)
+    return {"model": {v.path: v for v in model.variables},
+            "optimizer": {v.path: v for v in model.optimizer.variables},
+            "metrics": {f"{i}/{v.path}": v for i, v in enumerate(model.metrics_variables)}}
