@@ -1,5 +1,5 @@
 """Signal-to-exit latency (vs. SLURM's default KillWait of 30 s) and resume latency
-(process start -> first training step, split into imports, data set-up, model, restore),
+(process start -> first training step, split into imports, the job's data and model, restore),
 for the small preset, with a local and an S3 (moto on 127.0.0.1) run directory.
 
     python -m bench.latency [--trials 5] [--preset small]
@@ -72,11 +72,11 @@ def main() -> None:
         saved = [r["signal_to_saved_s"] for r in rows]
         table.append([where, f"{statistics.median(saved):.2f} / {max(saved):.2f}",
                       f"{statistics.median(exits):.2f} / {max(exits):.2f}", f"{max(exits) / KILL_WAIT_S:.1%}",
-                      med("first_step_s"), med("imports"), med("data"), med("model"), med("restore")])
+                      med("first_step_s"), med("imports"), med("job"), med("restore")])
     print(f"{args.preset} preset, {args.trials} SIGTERMs per run dir at random moments\n")
     print(markdown_table(["run dir", "signal->checkpoint saved, median / max (s)",
                           "signal->process gone, median / max (s)", "max vs KillWait 30 s",
-                          "start->first step, resumed (s)", "imports", "data", "model", "restore"], table))
+                          "start->first step, resumed (s)", "imports", "job (data + model)", "restore"], table))
     print("\n(the trainer reports the first column; the rest of the second is mostly the Python/TF interpreter "
           "shutting down)")
     codes = {r["code"] for rows in results.values() for r in rows}

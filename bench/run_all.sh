@@ -6,10 +6,13 @@ mkdir -p bench/results
 out=bench/results/RESULTS.md
 {
     echo "# Benchmarks ($(date -u +%F), $(nproc) CPUs, $(python3 -c 'import tensorflow as tf; print("GPU" if tf.config.list_physical_devices("GPU") else "CPU only")' 2>/dev/null))"
-    echo; echo "## Throughput of fit (images/s)"; python3 -m bench.throughput --steps 100 --rounds 3
+    echo; echo "## The main command (default job)"; python3 -m bench.default_job
+    echo; echo "## Throughput: our loop vs model.fit"; python3 -m bench.throughput
     echo; echo "## Training stall per checkpoint"; python3 -m bench.stall
     echo; echo "## Preemption cost"; python3 -m bench.preemption
     echo; echo "## Signal-to-exit and resume latency"; python3 -m bench.latency
-    echo; echo "## Quality (three-phase schedule)"; python3 -m bench.quality
+    echo; echo "## Multi-worker"; python3 -m bench.multiworker
+    echo; echo "## Quality (three-phase schedule), the tutorial's recipe"; python3 -m bench.quality
+    echo; echo "## Quality, the recipe before 0.2 (momentum 0.9)"; python3 -m bench.quality --old-recipe --out bench/results/quality-old.json
 } 2> bench/results/stderr.log | tee "$out"
 echo "written: $out"

@@ -1,10 +1,10 @@
-pytest_plugins = ["tests.emulators"]
-
 from collections import defaultdict
 
 import pytest
 
 from tests import helpers
+
+pytest_plugins = ["tests.emulators"]
 
 
 @pytest.fixture(scope="session")

@@ -160,9 +160,10 @@ BAD_JOBS = {
     "syntax error": ("def build_model(:\n", "importing it failed: SyntaxError"),
     "raises on import": ("raise RuntimeError('no GPU here')\n", "importing it failed: RuntimeError: no GPU here"),
     "no build_data": ("def build_model():\n    pass\n", "lacks build_data(settings)"),
-    "uncompiled model": (GOOD_JOB.replace('    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")\n', ""),
-                         "returned an uncompiled model"),
-    "not a model": (GOOD_JOB.replace("    return m\n", "    return 'resnet'\n"), "returned str, expected a keras.Model"),
+    "uncompiled model": (GOOD_JOB.replace('    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")\n',
+                                          ""), "returned an uncompiled model"),
+    "not a model": (GOOD_JOB.replace("    return m\n", "    return 'resnet'\n"),
+                    "returned str, expected a keras.Model"),
     "wrong data shape": (GOOD_JOB.replace('np.zeros((64, 4), "float32")', 'np.zeros((64, 7), "float32")'),
                          "the model does not accept the data"),
     "data of the wrong kind": (GOOD_JOB.replace("return trainer.ArrayData(", "return (").replace(

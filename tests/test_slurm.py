@@ -3,8 +3,9 @@ preemption, crashes, through slurm/train.sh and through the submitit launcher, w
 user's job written outside the repo (``--job``).
 
 The time-limit runs cannot finish early on a fast machine: each batch of the user job
-takes at least ``--sleep-s``, so a run of 1344 steps needs more than 67 s of training,
-and an allocation of one minute with its warning 30 s before the end gives at most 30."""
+takes at least ``--sleep-s``, so a run of 1344 steps needs more than 43 s of training,
+and an allocation of one minute with its warning 40 s before the end gives at most 20:
+at least two requeues on any machine."""
 import json
 import os
 import re
@@ -20,7 +21,8 @@ from tests import helpers
 pytestmark = pytest.mark.slurm
 
 LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 64 steps
-SLOW = ["--sleep-s", "0.05"]
+SLOW = ["--sleep-s", "0.032"]
+WARNING = "--signal=B:USR1@40"
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,7 @@ def sbatch(tmp_path, *args, env=None) -> str:
 def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, releaser, long_reference, job_file,
                                                              tmp_path):
     run_dir = tmp_path / "run"
-    job = sbatch(tmp_path, "--time=1", "--signal=B:USR1@30", "--job-name=limit",
+    job = sbatch(tmp_path, "--time=1", WARNING, "--job-name=limit",
                  str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir), "--job", job_file, *LONG, *SLOW)
     assert wait_done(job) == "COMPLETED"
     log = (tmp_path / f"slurm-limit-{job}.out").read_text()
@@ -131,7 +133,7 @@ def test_two_task_job_requeues_on_its_time_limit_and_ends_bitwise_equal(slurm_cl
     """sbatch --ntasks=2: one worker per task (srun), MultiWorkerMirroredStrategy across them; the
     warning signal reaches both, they stop at the same step, the job requeues once per stop."""
     run_dir = tmp_path / "run"
-    job = sbatch(tmp_path, "--ntasks=2", "--cpus-per-task=1", "--time=1", "--signal=B:USR1@30",
+    job = sbatch(tmp_path, "--ntasks=2", "--cpus-per-task=1", "--time=1", WARNING,
                  "--job-name=workers", str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir),
                  "--job", job_file, *LONG, *SLOW)
     assert wait_done(job) == "COMPLETED"
@@ -151,7 +153,7 @@ def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser,
     run_dir = tmp_path / "run"
     job = launch(["--run-dir", str(run_dir), "--job", job_file, *LONG, *SLOW], folder=str(tmp_path / "submitit" / "%j"),
                  cluster="slurm",
-                 timeout_min=1, signal_delay_s=30, slurm_partition="debug", cpus_per_task=2)
+                 timeout_min=1, signal_delay_s=40, slurm_partition="debug", cpus_per_task=2)
     metrics = job.result()
     assert metrics["epoch"] == 21 and 0 < metrics["val_accuracy"] <= 1
     out = job.stdout() + (job.stderr() or "")

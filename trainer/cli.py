@@ -18,7 +18,8 @@ from . import exitcodes
 from .config import ConfigError, TrainConfig
 from .signals import StopRequest
 
-PROG = "python -m trainer"
+# how this process was started, for usage lines and the printed resume command
+PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
 TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_s",
                  "quiet", "log_every_steps", "tensorboard", "export")
@@ -52,7 +53,7 @@ def train_parser(job=None) -> argparse.ArgumentParser:
     t.add_argument("--run-dir", required=True, help="local folder or fsspec URL (gs://, s3://, ...)")
     t.add_argument("--job", default=None, help="a job file (path/to/job.py) or module (mypkg.jobs.cifar); "
                                                "default: jobs/fashion_mnist.py")
-    presets = sorted(job.presets) if job else []
+    presets = list(job.presets) if job else []
     t.add_argument("--preset", default=None, choices=presets or None,
                    help=f"the job's named settings ({', '.join(presets) or 'none'}; default: "
                         f"{job.default_preset if job else '-'})")

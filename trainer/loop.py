@@ -132,7 +132,8 @@ class Loop:
         if cbs:
             cbs.on_epoch_begin(epoch)
         self.progress.epoch_begin(epoch)
-        iterator = self._iterator(self.train, epoch, start, training=True)
+        # (a stop after an epoch's last step resumes with no step left: straight to the epoch's end)
+        iterator = self._iterator(self.train, epoch, start, training=True) if start < steps else None
         for step in range(start, steps):
             if self._batch_hooks:
                 cbs.on_train_batch_begin(step)

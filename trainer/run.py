@@ -225,12 +225,17 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
                           steps_per_epoch=steps, global_step=state.global_step, time=time.time(), **details)
         log.info("resumed from %s/ckpt-%d at %s, lr %g", storage.url("checkpoints"),
                  manifest["number"], state.position(steps), state.lr)
+        before = manifest.get("replicas", cluster.replicas.total)
+        if before != cluster.replicas.total:
+            log.warning("ckpt-%d was written by a run with %d replicas; this one has %d: batches are split "
+                        "differently from here on, so the result will not be bitwise equal to a run that kept "
+                        "%d", manifest["number"], before, cluster.replicas.total, before)
     else:
         state = TrainerState(lr=float(built.model.optimizer.learning_rate.numpy()), seed=cfg.seed)
         log.info("starting a new run in %s (%d epochs)", storage.root, cfg.epochs)
 
     saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
-                  cfg.save_every_seconds, cfg.keep_every_epochs)
+                  cfg.save_every_seconds, cfg.keep_every_epochs, cluster.replicas.total)
     steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, chief)
     pending = requests.immediate() if chief else None
     value = agreement.share(pending.value if pending else None)

@@ -20,7 +20,7 @@ class Saver:
     def __init__(self, state: TrainerState, state_var: tf.Variable, store: CheckpointStore, optimizer,
                  steps_per_epoch: int, save_every_steps: int | None = None,
                  save_every_seconds: float | None = None, keep_every_epochs: int | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 replicas: int = 1, clock: Callable[[], float] = time.monotonic):
         self.state = state
         self.state_var = state_var
         self.store = store
@@ -29,6 +29,7 @@ class Saver:
         self.save_every_steps = save_every_steps
         self.save_every_seconds = save_every_seconds
         self.keep_every_epochs = keep_every_epochs
+        self.replicas = replicas
         self.clock = clock
         self._last_save = clock()
         self._segment_start = clock()
@@ -66,7 +67,7 @@ class Saver:
         state.lr = self.current_lr()
         self.state_var.assign(state.to_json())
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-                "lr": state.lr, "reason": reason}
+                "lr": state.lr, "reason": reason, "replicas": self.replicas}
         if reason == "epoch end" and self.is_milestone():
             meta["milestone"] = True
         number = self.store.save(meta)

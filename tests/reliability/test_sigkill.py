@@ -17,7 +17,7 @@ from trainer.storage import Storage
 # kind: (fewest kills, fewest saves the run must reach). Every step saves, and a save is
 # written, committed (and uploaded) in the background while the next steps run,
 # so kills land inside writes, commits, uploads and pruning.
-PLAN = {"local": (14, 100), "s3": (20, 100), "gcs": (10, 40)}
+PLAN = {"local": (14, 100), "s3": (14, 80), "gcs": (10, 40)}
 
 
 @pytest.fixture(params=list(PLAN))

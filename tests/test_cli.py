@@ -1,0 +1,35 @@
+"""The command line as a new user meets it: a clean first run, the console script, job flags in --help."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from tests import helpers
+
+TF_NOISE = re.compile(r"absl::InitializeLog|cpu_feature_guard|oneDNN|^[IWE]\d{4} ", re.MULTILINE)
+
+
+def test_first_run_prints_no_tensorflow_start_up_noise(tmp_path):
+    env = {k: v for k, v in helpers.env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "trainer", "train", "--run-dir", str(tmp_path / "run"),
+                             "--preset", "tiny", "--epochs", "1", "--train-size", "256", "--quiet"],
+                            cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert not TF_NOISE.search(output), output
+    assert "training complete: 1 epochs" in result.stdout
+
+
+def test_console_script_and_job_settings_in_help():
+    script = shutil.which("trainer", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    assert script, "the `trainer` console script is not installed (pip install -e .)"
+    result = subprocess.run([script, "train", "--job", str(helpers.ROOT / "jobs" / "digits.py"), "--help"],
+                            cwd=helpers.ROOT, env=helpers.env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "settings of jobs/digits.py" in result.stdout and "--hidden INT" in result.stdout
+    assert "--dropout FLOAT" in result.stdout and "--run-dir" in result.stdout and "--from" in result.stdout
+    default = subprocess.run([script, "train", "--help"], cwd=helpers.ROOT, env=helpers.env(), capture_output=True,
+                             text=True, timeout=300)
+    assert "{small,reference,tiny}" in default.stdout and "--stages A,B,..." in default.stdout
+    assert default.stdout.startswith("usage: trainer train")
