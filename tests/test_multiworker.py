@@ -100,12 +100,13 @@ def test_two_workers_on_s3_only_the_chief_uploads_and_new_nodes_resume(job, two_
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
     results = helpers.finish(procs)
-    assert "committed to " + url in results[0][1] or [c for c, _ in results] == [0, 0]
-    assert "committed to " not in results[1][1]  # the other worker never writes the run dir
+    assert "committed to " + url in results[0][1] or [c for c, _ in results] == [0, 0], results
+    assert "committed to " not in results[1][1], results  # the other worker never writes the run dir
     shutil.rmtree(tmp_path / "a")  # new nodes: empty staging folders
     args[args.index(str(tmp_path / "a"))] = str(tmp_path / "b")
     results = helpers.finish(helpers.start_workers([*args, "--quiet"]))
     assert [c for c, _ in results] == [0, 0], results
+    assert "resumed from " + url in results[1][1], results
     helpers.assert_bitwise_equal(helpers.latest_variables(two_worker_reference),
                                  helpers.latest_variables(tmp_path / "b"))
 

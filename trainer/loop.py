@@ -10,8 +10,9 @@ callbacks at the usual hooks. It reads nothing back from a step unless
 someone asks (the progress bar's redraws, batch callbacks), so steps queue
 up as in ``fit``.
 
-At every step boundary it acts on what the processes agreed (see
-``trainer.distribute``): a stop signal (save and raise :class:`Interrupted`),
+At step boundaries it acts on what the processes agreed (see
+``trainer.distribute``; one process decides alone at every step, several
+agree every 8th step): a stop signal (save and raise :class:`Interrupted`),
 a time-based save, a live learning-rate change. Saves due by step count and
 epoch-end saves need no agreement: every process reaches them at the same step.
 """
@@ -64,12 +65,13 @@ class Loop:
     callbacks: keras.callbacks.CallbackList | None = None
 
     def __post_init__(self):
-        self._train_fn = self._make_train_function()
+        self._train_fn, self._train_agreeing_fn = self._make_train_functions()
         self._test_fn = None
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
 
     # -- tf.functions -----------------------------------------------------
-    def _make_train_function(self):
+    def _make_train_functions(self):
+        """A step, and (several workers) a step that also sums the agreement vector."""
         strategy, model, agreement = self.strategy, self.model, self.agreement
 
         def one_step(data):
@@ -77,17 +79,18 @@ class Loop:
         if not model.run_eagerly:
             one_step = tf.function(one_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
 
+        @tf.function(reduce_retracing=True)
+        def train(iterator):
+            return one_step(next(iterator))
+
         if not agreement.fused:
-            @tf.function(reduce_retracing=True)
-            def train(iterator):
-                return one_step(next(iterator)), tf.zeros([0])
-            return lambda iterator, flags: train(iterator)
+            return train, None
 
         @tf.function(reduce_retracing=True)
         def train_agreeing(iterator, flags):
             logs = one_step(next(iterator))
             return logs, agreement.reduce_in_step(strategy, flags)
-        return train_agreeing
+        return train, train_agreeing
 
     def _make_test_function(self):
         strategy, model = self.strategy, self.model
@@ -137,16 +140,32 @@ class Loop:
         for step in range(start, steps):
             if self._batch_hooks:
                 cbs.on_train_batch_begin(step)
-            logs, agreed = self._train_fn(iterator, self.agreement.local_flags(self._local()))
-            state.step_in_epoch += 1
-            state.global_step += 1
+            logs, decided = self._step(iterator)
             if self._batch_hooks:
                 cbs.on_train_batch_end(step, logs)
             self.progress.step(logs)
-            self._boundary(self.agreement.decide(self._local(), agreed), steps)
+            self._boundary(decided, steps)
             if model.stop_training:
                 break
         return self._end_epoch(epoch)
+
+    def _step(self, iterator):
+        """One step; (its logs, what every process does at the boundary after it)."""
+        state, agreement = self.state, self.agreement
+        if not agreement.fused:  # one process: its own decisions
+            logs = self._train_fn(iterator)
+            state.step_in_epoch += 1
+            state.global_step += 1
+            return logs, self._local()
+        if (state.global_step + 1) % agreement.every:  # between agreements: nothing to decide
+            logs = self._train_fn(iterator)
+            decided = Decisions()
+        else:
+            logs, agreed = self._train_agreeing_fn(iterator, agreement.local_flags(self._local()))
+            decided = agreement.decide(self._local(), agreed)
+        state.step_in_epoch += 1
+        state.global_step += 1
+        return logs, decided
 
     def _local(self) -> Decisions:
         """What this process would decide alone at this boundary."""
