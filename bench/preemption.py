@@ -7,6 +7,7 @@ equal an uninterrupted run's.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -23,6 +24,8 @@ DRIVER = [sys.executable, "-m", "bench.keras_backup_driver"]  # one model.fit wi
 
 
 def interrupted_runs(cmd: list[str], rng: random.Random, k: int, wait_for: str) -> None:
+    """Terminate ``cmd`` k times at random moments after it prints ``wait_for``, then run it to the end
+    (if it finished before a signal landed, it is not started again: that would train anew)."""
     for _ in range(k):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
@@ -31,34 +34,43 @@ def interrupted_runs(cmd: list[str], rng: random.Random, k: int, wait_for: str) 
         time.sleep(rng.uniform(2.0, 8.0))
         proc.terminate()
         proc.communicate(timeout=300)
+        if proc.returncode == 0:
+            return
     subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, check=True)
 
 
+def _resumed_at(text: str) -> int:
+    found = re.search(r"resumed from .* \(global step (\d+)\), lr", text)
+    return int(found.group(1)) if found else 0
+
+
 def ours(args, rng, tmp) -> dict:
+    """Interrupt at random reported steps (the stop lands at the next boundary), resume, finish."""
     flags = ["--preset", args.preset, "--train-size", str(args.train_size), "--epochs", str(args.epochs),
              "--quiet", "--no-tensorboard", "--save-every-steps", str(args.save_every)]
     ref, run = os.path.join(tmp, "ours-ref"), os.path.join(tmp, "ours-run")
-    subprocess.run(trainer_cmd("train", "--run-dir", ref, *flags), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    done = subprocess.run(trainer_cmd("train", "--run-dir", ref, *flags), cwd=ROOT, env=ENV, check=True,
+                          capture_output=True, text=True)
+    total = int(re.search(r"global step (\d+), final", done.stdout).group(1))
     cmd = trainer_cmd("train", "--run-dir", run, *flags)
-    executed = 0
-    for _ in range(args.interrupts):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    executed, last = 0, 0
+    for target in sorted(rng.sample(range(1, total), args.interrupts)):
+        target = max(target, last + 1)
+        proc = subprocess.Popen([*cmd, "--log-every-steps", "1"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
         text = ""
         for line in proc.stdout:
             text += line
-            if "start-up:" in line:
+            if line.startswith("STEP ") and json.loads(line[5:])["global_step"] >= target:
+                proc.terminate()
                 break
-        time.sleep(rng.uniform(2.0, 8.0))
-        proc.terminate()
         text += proc.communicate(timeout=300)[0]
-        start = re.search(r"at epoch \d+ step \d+/\d+ \(global step (\d+)\), lr", text)
         stop = re.search(r"stopped at epoch \d+ step \d+/\d+ \(global step (\d+)\)", text)
-        if stop:
-            executed += int(stop.group(1)) - (int(start.group(1)) if start else 0)
+        end = int(stop.group(1)) if stop else total
+        executed += end - _resumed_at(text)
+        last = end
     final = subprocess.run(cmd, cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
-    start = re.search(r"\(global step (\d+)\), lr", final.stderr)
-    total = int(re.search(r"global step (\d+), final", final.stdout).group(1))
-    executed += total - (int(start.group(1)) if start else 0)
+    executed += (total if "training complete" in final.stdout else _resumed_at(final.stderr)) - _resumed_at(final.stderr)
     from tests.helpers import latest_variables
     a, b = latest_variables(ref), latest_variables(run)
     diff = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) for k in a
@@ -84,7 +96,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--interrupts", type=int, default=3)
     p.add_argument("--preset", default="small")
-    p.add_argument("--train-size", type=int, default=4096)
+    p.add_argument("--train-size", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--out", default="bench/results/preemption.json")

@@ -1,9 +1,10 @@
 """Submit the trainer with submitit; it requeues itself on time limits and preemption.
 
     python jobs/launch.py --partition gpu --gpus 1 --timeout-min 240 -- --run-dir runs/fmnist --preset reference
+    python jobs/launch.py --partition gpu -- --job my_job.py --run-dir runs/mine --units 128
     python jobs/launch.py --cluster local --wait -- --run-dir runs/try --preset tiny
 
-Everything after ``--`` is passed to ``python -m trainer train``.
+Everything after ``--`` is passed to ``python -m trainer train`` (``--job`` included).
 """
 from __future__ import annotations
 

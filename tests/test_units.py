@@ -194,3 +194,58 @@ def test_stop_request_installs_reversibly():
 def test_exit_codes():
     assert exitcodes.interrupted(signal.SIGTERM) == 143 and exitcodes.interrupted(signal.SIGUSR1) == 138
     assert exitcodes.is_interrupted(130) and not exitcodes.is_interrupted(exitcodes.CRASH)
+
+
+def test_other_kinds_of_data_resume_by_skipping_and_say_so():
+    import keras
+
+    from trainer.data import EpochBatches, from_job
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return np.full((2, 3), i, np.float32), np.full((2,), i, np.int32)
+
+    class Shuffling(Batches):
+        def on_epoch_end(self):
+            pass
+
+    quiet, loud = from_job(Batches(), "train"), from_job(Shuffling(), "train")
+    assert isinstance(quiet, EpochBatches) and quiet.steps_per_epoch == 5 and quiet.warning is None
+    assert [int(y[0]) for _, y in quiet.dataset(0, 0, 3)] == [3, 4]
+    assert "overrides on_epoch_end" in loud.warning
+    ds = tf.data.Dataset.range(6).map(lambda i: (tf.fill([2, 3], tf.cast(i, tf.float32)), tf.fill([2], i)))
+    plain = from_job(ds, "train")
+    assert plain.steps_per_epoch == 6 and "plain tf.data.Dataset" in plain.warning
+    assert [int(y[0]) for _, y in plain.dataset(0, 1, 4)] == [4, 5]
+    with pytest.raises(ValueError, match="unknown or infinite length"):
+        from_job(ds.repeat(), "train")
+    with pytest.raises(ValueError, match="must be trainer.ArrayData"):
+        from_job([1, 2, 3], "train")
+
+
+def test_index_addressable_examples_give_the_same_batches_as_arrays():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 3)).astype(np.float32), np.arange(40, dtype=np.int32)
+    arrays = ArrayData(x, y, batch_size=8)
+    listed = ArrayData([row for row in x], [np.int32(v) for v in y], batch_size=8)
+    for (xa, ya), (xb, yb) in zip(arrays.dataset(3, 1, 2), listed.dataset(3, 1, 2)):
+        assert xa.numpy().tobytes() == xb.numpy().tobytes() and np.array_equal(ya, yb)
+
+
+def test_missing_fashion_mnist_names_every_place_and_three_fixes(tmp_path, monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.syspath_prepend(str(__import__("tests.helpers").helpers.ROOT / "jobs"))
+    idx_module = importlib.import_module("fashion_mnist_idx")
+    monkeypatch.setattr(idx_module, "DEBIAN_DIR", str(tmp_path / "debian"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    with pytest.raises(idx_module.DataError) as err:
+        idx_module.load(None, allow_download=False)  # (the download itself is never tried here: no network)
+    message = str(err.value)
+    assert str(tmp_path / "keras") in message and str(tmp_path / "debian") in message
+    assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message and "(3)" in message
+    sys.modules.pop("fashion_mnist_idx", None)

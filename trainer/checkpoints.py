@@ -265,11 +265,6 @@ class CheckpointStore:
         self._write_state_file()
 
     # ----------------------------------------------------------------- restoring
-    def restore_latest(self) -> dict | None:
-        """Restore the newest committed checkpoint that verifies; return its manifest."""
-        manifest = self.newest_usable()
-        return self.restore(manifest["number"]) if manifest else None
-
     def newest_usable(self) -> dict | None:
         """The manifest of the newest committed checkpoint that verifies (nothing is restored).
 

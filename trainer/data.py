@@ -82,7 +82,7 @@ class ArrayData:
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"ArrayData: batch_size must be a positive integer, got {batch_size!r}")
         self.structure = (x,) if y is None else ((x, y) if sample_weight is None else (x, y, sample_weight))
-        self.leaves = tf.nest.flatten(self.structure)
+        self.leaves = _leaves(self.structure)
         lengths = {len(leaf) for leaf in self.leaves}
         if len(lengths) != 1:
             raise ValueError(f"ArrayData: x, y and sample_weight have different lengths {sorted(lengths)}")
@@ -99,8 +99,7 @@ class ArrayData:
         self.steps_per_epoch = full if drop_remainder or not rest else full + 1
         self._tables = None
 
-    exact = True
-    warning = None
+    warning = None  # (a source whose resume may be inexact says so here)
 
     def __repr__(self) -> str:
         return (f"ArrayData({self.num_examples} examples, batch_size={self.batch_size}, "
@@ -113,7 +112,7 @@ class ArrayData:
         return np.random.default_rng([seed, epoch]).permutation(self.num_examples)
 
     def _gather(self, index: tf.Tensor):
-        return tf.nest.pack_sequence_as(self.structure, [t.gather(index) for t in self._tables])
+        return _pack(self.structure, iter([t.gather(index) for t in self._tables]))
 
     def _apply(self, batch, fn, *extra):
         if fn is None:
@@ -159,6 +158,24 @@ class ArrayData:
                          shuffle=False)
 
 
+def _leaves(structure) -> list:
+    """The arrays of a structure of tuples and dicts (a list is one array of examples, not a structure)."""
+    if isinstance(structure, tuple):
+        return [leaf for item in structure for leaf in _leaves(item)]
+    if isinstance(structure, dict):
+        return [leaf for key in sorted(structure) for leaf in _leaves(structure[key])]
+    return [structure]
+
+
+def _pack(structure, values):
+    """``structure`` with its leaves replaced, in order, by the next of ``values``."""
+    if isinstance(structure, tuple):
+        return tuple(_pack(item, values) for item in structure)
+    if isinstance(structure, dict):
+        return {key: _pack(structure[key], values) for key in sorted(structure)}
+    return next(values)
+
+
 class _Table:
     """One array of examples, gathered by index inside the pipeline: a constant for
     in-memory arrays, a NumPy call for anything else index-addressable."""
@@ -201,7 +218,6 @@ class EpochBatches:
         self.batches = batches
         self.steps_per_epoch = int(steps_per_epoch)
         self.warning = warning
-        self.exact = warning is None
 
     def __repr__(self) -> str:
         return f"EpochBatches({self.steps_per_epoch} steps per epoch)"
@@ -291,7 +307,7 @@ def _from_py_dataset(value, what: str) -> EpochBatches:
     def batches(epoch, start_step, seed):
         return (value[i] for i in range(start_step, steps))
     source = EpochBatches(batches, steps, warning=warning)
-    source.on_epoch_end = value.on_epoch_end
+    source.on_epoch_end = value.on_epoch_end  # the loop calls it after every epoch, as fit does
     return source
 
 

@@ -200,6 +200,9 @@ class Loop:
             log.warning("a callback stopped training in the middle of epoch %d; the run ends here", epoch + 1)
         record = {"epoch": epoch + 1, "global_step": state.global_step, "lr": self.saver.current_lr(),
                   "wall_time": round(self.saver.epoch_seconds(), 3), "finished_at": time.time(), **logs}
+        epoch_hook = getattr(self.train, "on_epoch_end", None)  # a PyDataset's
+        if epoch_hook:
+            epoch_hook()
         state.history["epochs"].append(record)
         state.epoch += 1
         state.step_in_epoch = 0
