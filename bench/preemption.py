@@ -70,7 +70,8 @@ def ours(args, rng, tmp) -> dict:
         executed += end - _resumed_at(text)
         last = end
     final = subprocess.run(cmd, cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
-    executed += (total if "training complete" in final.stdout else _resumed_at(final.stderr)) - _resumed_at(final.stderr)
+    resumed = _resumed_at(final.stderr)
+    executed += (total if "training complete" in final.stdout else resumed) - resumed
     from tests.helpers import latest_variables
     a, b = latest_variables(ref), latest_variables(run)
     diff = max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) for k in a

@@ -33,3 +33,24 @@ def test_console_script_and_job_settings_in_help():
                              text=True, timeout=300)
     assert "{small,reference,tiny}" in default.stdout and "--stages A,B,..." in default.stdout
     assert default.stdout.startswith("usage: trainer train")
+
+
+
+
+def test_a_signal_after_training_is_complete_does_not_change_the_exit_code(tmp_path):
+    """SLURM's warning can come while a finished run shuts down (TensorFlow takes a second to),
+    after Python has put the default handlers back: the process must still exit with 0 (done),
+    not die of the signal, which slurm/train.sh would read as 128+N and requeue. Here the
+    signal comes from the interpreter's own clean-up, after ``main`` has returned."""
+    script = ("import os, signal, sys\n"
+              "from trainer.cli import main\n"
+              "class SignalAtShutdown:\n"
+              "    def __del__(self, kill=os.kill, pid=os.getpid(), sig=signal.SIGUSR1):\n"
+              "        kill(pid, sig)\n"
+              "late = SignalAtShutdown()\n"
+              f"sys.exit(main(['train', '--run-dir', {str(tmp_path / 'run')!r}, '--preset', 'tiny', '--epochs', '1', "
+              "'--train-size', '256', '--quiet']))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=helpers.ROOT, env=helpers.env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "training complete: 1 epochs" in result.stdout

@@ -118,3 +118,19 @@ def test_resuming_with_another_number_of_workers_says_it_is_not_bitwise(job, two
     assert result.returncode == 0, result.stderr
     assert "written by a run with 2 replicas; this one has 1" in result.stderr
     assert "training complete: 4 epochs" in result.stdout
+
+
+def test_a_signal_during_start_up_stops_every_worker_at_the_same_place(job, tmp_path):
+    """Worker 1 is signalled as soon as it has joined the cluster: still starting (or, on a
+    fast machine, in its first steps, which the gate holds back). Both workers stop at the
+    same place with the same code: neither goes on alone into a collective."""
+    gate = helpers.Gate(tmp_path / "gate")
+    procs = helpers.start_workers(_args(job, tmp_path / "run", "--gate", str(gate.path)))
+    helpers.wait_for(procs[1], "worker 1 of 2 (reads the chief's checkpoints)")
+    procs[1].send_signal(signal.SIGTERM)
+    gate.allow(10_000)
+    results = helpers.finish(procs)
+    assert [code for code, _ in results] == [128 + signal.SIGTERM] * 2, [out for _, out in results]
+    places = [re.search(r"stopped at (start-up, before training|epoch \d+ step \d+/\d+ \(global step \d+\));", out)
+              for _, out in results]
+    assert all(places) and places[0].group(1) == places[1].group(1), [out[-800:] for _, out in results]

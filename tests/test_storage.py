@@ -132,7 +132,8 @@ def test_listings_see_changes_made_by_another_client(store):
         other = type(store.fs)(skip_instance_cache=True, **store.options)
         path = other._strip_protocol(store.url("shared/x"))
         other.pipe_file(path, b"from elsewhere")
-        remove = lambda: other.rm_file(path)
+        def remove():
+            other.rm_file(path)
     else:
         path = Path(store.local_path("shared/x"))
         path.parent.mkdir(parents=True)

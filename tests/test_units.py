@@ -188,6 +188,9 @@ def test_stop_request_installs_reversibly():
         assert signal.getsignal(signal.SIGUSR2) == stop.handle
         signal.raise_signal(signal.SIGUSR2)
         assert stop.signum == signal.SIGUSR2
+        with stop:  # entered again (the CLI, then train()): the handlers stay until the outer exit
+            pass
+        assert signal.getsignal(signal.SIGUSR2) == stop.handle
     assert signal.getsignal(signal.SIGUSR2) == before
 
 

@@ -16,7 +16,7 @@ import sys
 
 from . import exitcodes
 from .config import ConfigError, TrainConfig
-from .signals import StopRequest
+from .signals import StopRequest, ignore_from_now_on
 
 # how this process was started, for usage lines and the printed resume command
 PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
@@ -194,16 +194,20 @@ def _train_main(argv: list[str]) -> int:
     log = logging.getLogger("trainer")
     # Catch stop signals before the slow TensorFlow and job imports, so that even
     # a signal during start-up ends with the documented exit code.
-    with StopRequest() as stop:
-        try:
-            cfg, job, args = parse_train(argv)
-        except (ConfigError, JobError, SettingError, ValueError) as exc:
-            setup_logging()
-            log.error("%s", exc)
-            return exitcodes.BAD_INPUT
-        from .run import train
-        return train(cfg, job, fresh=args.fresh, rollback_to=args.rollback_to,
-                     resume_command=f"{PROG} train " + shlex.join(_one_shot_flags_removed(argv)), stop=stop).exit_code
+    try:
+        with StopRequest() as stop:
+            try:
+                cfg, job, args = parse_train(argv)
+            except (ConfigError, JobError, SettingError, ValueError) as exc:
+                setup_logging()
+                log.error("%s", exc)
+                return exitcodes.BAD_INPUT
+            from .run import train
+            return train(cfg, job, fresh=args.fresh, rollback_to=args.rollback_to,
+                         resume_command=f"{PROG} train " + shlex.join(_one_shot_flags_removed(argv)),
+                         stop=stop).exit_code
+    finally:
+        ignore_from_now_on()
 
 
 def _one_shot_flags_removed(argv: list[str]) -> list[str]:

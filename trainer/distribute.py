@@ -139,6 +139,10 @@ class Cluster:
                     f"{self.replicas.total} replicas in all")
         return f"{name} with {self.replicas.total} replica(s)"
 
+    def role(self) -> str:
+        duty = "chief: writes the run dir" if self.is_chief else "reads the chief's checkpoints"
+        return f"worker {self.index} of {self.workers} ({duty}), {self.replicas.local} replica(s) here"
+
 
 PORTS_PER_JOB = 8  # a SLURM job's workers on one node listen on port_base .. port_base + 7
 
@@ -238,8 +242,6 @@ def _multi_worker(resolver) -> Cluster:
     local = len(strategy.extended.worker_devices)
     is_chief = index == 0
     replicas = Replicas(total=strategy.num_replicas_in_sync, first=index * local, local=local)
-    log.info("worker %d of %d (%s), %d replica(s) here", index, workers,
-             "chief: writes the run dir" if is_chief else "reads the chief's checkpoints", local)
     return Cluster(strategy, replicas, is_chief, workers, index, CollectiveAgreement(strategy, is_chief))
 
 

@@ -12,12 +12,15 @@ preemptions always) and requeues with ``scontrol``.
 from __future__ import annotations
 
 import signal
+import warnings
 from typing import Callable
 
 import submitit
 
 from . import exitcodes
 from .signals import CAUGHT
+
+EARLY_SIGNAL_S = 60  # sbatch(1), --signal: "may be sent up to 60 seconds earlier than specified"
 
 
 class TrainingStopped(RuntimeError):
@@ -75,6 +78,11 @@ def launch(train_args: list[str], folder: str = "runs/submitit/%j", cluster: str
     ``parameters`` are passed to ``AutoExecutor.update_parameters`` (e.g.
     ``slurm_partition="gpu"``, ``gpus_per_node=1``).
     """
+    if cluster != "local" and timeout_min * 60 - signal_delay_s < EARLY_SIGNAL_S:
+        warnings.warn(f"launch(timeout_min={timeout_min}, signal_delay_s={signal_delay_s}): SLURM may send the "
+                      f"warning signal up to {EARLY_SIGNAL_S} s early, so it can reach the job before submitit's "
+                      "handler exists and end it unrequeued; keep timeout_min * 60 - signal_delay_s >= "
+                      f"{EARLY_SIGNAL_S}", stacklevel=2)
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=max_num_timeout)
     executor.update_parameters(timeout_min=timeout_min, slurm_signal_delay_s=signal_delay_s, **parameters)
     return executor.submit(TrainingJob(train_args))

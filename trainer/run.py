@@ -149,6 +149,8 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
         tf.config.experimental.enable_op_determinism()
     cluster = distribute.setup(cfg.strategy)  # before any other TF op; waits for every worker
     stop.reclaim()
+    if cluster.workers > 1:
+        log.info("%s", cluster.role())  # (after reclaim: a test may signal us on this line)
     chief = cluster.is_chief
     storage = open_storage(cfg)
     if storage.is_remote:
@@ -159,8 +161,11 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
         _check_config(storage, cfg, job)
     going_back = (rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID"))
                   if rollback_to and chief else None)
-    if stop.requested:  # stopped during start-up: nothing to save yet
-        return _stopped(stop.signum, stop, None, 0, None, None, resume_command)
+    # Stopped during start-up: nothing to save yet. Workers decide together, so that none
+    # goes on alone into a collective that its stopped peers never join.
+    startup = cluster.agreement.now(distribute.Decisions(stop=stop.signum))
+    if startup.stop:
+        return _stopped(startup.stop, stop, None, 0, None, None, resume_command)
 
     timings = {"imports": _process_age_s()}
     mark = time.monotonic()
@@ -250,8 +255,9 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
         print(f"training already complete: {why} (global step {state.global_step}); nothing to do."
               + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
         return _finished(writers, state, None, built.model, cfg, storage, chief)
-    if stop.requested:
-        return _stopped(stop.signum, stop, state, steps, None, writers, resume_command)
+    stopping = agreement.now(distribute.Decisions(stop=stop.signum)).stop  # (signalled while building)
+    if stopping:
+        return _stopped(stopping, stop, state, steps, None, writers, resume_command)
 
     if chief:
         requests.start()

@@ -27,6 +27,7 @@ class StopRequest:
         self._abort = abort or _abort_now
         self._clock = clock
         self._previous: dict[int, object] = {}
+        self._depth = 0
 
     @property
     def requested(self) -> bool:
@@ -42,8 +43,10 @@ class StopRequest:
     def install(self) -> StopRequest:
         if self.signals and threading.current_thread() is not threading.main_thread():
             raise RuntimeError("signal handlers can only be installed from the main thread")
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self.handle)
+        self._depth += 1
+        if self._depth == 1:  # (the CLI installs them early; train() enters again: keep the first)
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self.handle)
         return self
 
     def reclaim(self) -> None:
@@ -54,6 +57,9 @@ class StopRequest:
             signal.signal(sig, self.handle)
 
     def uninstall(self) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
@@ -69,3 +75,11 @@ def _abort_now(signum: int) -> None:
     os.write(2, f"\n[trainer] second signal ({signal.Signals(signum).name}): aborting now, "
                 f"last committed checkpoint is kept\n".encode())
     os._exit(128 + int(signum))
+
+
+def ignore_from_now_on(signals=CAUGHT) -> None:
+    """For a process whose outcome is decided: a stop signal while the interpreter shuts
+    down (TensorFlow takes a second) must not end it with 128 + signal, which SLURM
+    scripts read as "stopped, requeue me" and would requeue a finished run."""
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
