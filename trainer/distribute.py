@@ -70,9 +70,9 @@ class CollectiveAgreement(Agreement):
     tiny all-reduce, issued inside the step's tf.function beside the gradient
     reduction, on every ``every``-th global step (8): a stop, a time-based save
     or a live learning-rate change waits at most 7 more steps. One agreement
-    takes about 2.4 ms between two workers on one 2-CPU machine: every step
-    would cost 1.4% of the small preset's step, every 8th costs 0.2% (measured,
-    bench/multiworker.py).
+    takes about 2.1 ms between two workers on one 2-CPU machine: every step
+    would cost 1.3% of the small preset's 170 ms step, every 8th costs 0.16%
+    (measured, bench/multiworker.py).
     """
     fused = True
     every = AGREE_EVERY_STEPS
