@@ -181,6 +181,23 @@ def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser,
     helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
 
 
+def test_submitit_two_tasks_train_as_two_workers(slurm_cluster, job_file, tmp_path):
+    """launch(..., tasks_per_node=2): one worker per task, found from SLURM's environment, the
+    same result as two workers started by hand with TF_CONFIG."""
+    from trainer.launcher import launch
+    args = ["--job", job_file, "--examples", "512", "--epochs", "2", "--no-tensorboard", "--quiet"]
+    by_hand = tmp_path / "by-hand"
+    results = helpers.finish(helpers.start_workers(["train", "--run-dir", str(by_hand), *args]))
+    assert [code for code, _ in results] == [0, 0], results
+    run_dir = tmp_path / "run"
+    job = launch(["--run-dir", str(run_dir), *args], folder=str(tmp_path / "submitit" / "%j"), cluster="slurm",
+                 timeout_min=10, slurm_partition="debug", tasks_per_node=2, cpus_per_task=1)
+    first, second = job.results()
+    assert first == second and first["epoch"] == 2, (first, second)
+    assert "worker 1 of 2 (reads the chief's checkpoints)" in (job.task(1).stderr() or "")
+    helpers.assert_bitwise_equal(helpers.latest_variables(by_hand), helpers.latest_variables(run_dir))
+
+
 def test_preemption_without_time_limit_resumes(slurm_cluster, releaser, job_file, tmp_path):
     run_dir = tmp_path / "run"
     gate = helpers.Gate(tmp_path / "gate")
