@@ -181,20 +181,35 @@ def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser,
     helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))
 
 
-def test_submitit_two_tasks_train_as_two_workers(slurm_cluster, job_file, tmp_path):
-    """launch(..., tasks_per_node=2): one worker per task, found from SLURM's environment, the
-    same result as two workers started by hand with TF_CONFIG."""
+def test_submitit_two_tasks_stop_together_requeue_and_match_two_workers(slurm_cluster, releaser, job_file,
+                                                                         tmp_path):
+    """launch(..., tasks_per_node=2): one worker per task, found from SLURM's environment. A
+    preemption signal to both tasks stops them at the same step; the first task requeues the
+    job, which resumes and ends as two workers started by hand with TF_CONFIG do."""
     from trainer.launcher import launch
-    args = ["--job", job_file, "--examples", "512", "--epochs", "2", "--no-tensorboard", "--quiet"]
+    args = ["--job", job_file, "--examples", "1024", "--epochs", "2", "--no-tensorboard", "--quiet"]
     by_hand = tmp_path / "by-hand"
     results = helpers.finish(helpers.start_workers(["train", "--run-dir", str(by_hand), *args]))
     assert [code for code, _ in results] == [0, 0], results
     run_dir = tmp_path / "run"
-    job = launch(["--run-dir", str(run_dir), *args], folder=str(tmp_path / "submitit" / "%j"), cluster="slurm",
-                 timeout_min=10, slurm_partition="debug", tasks_per_node=2, cpus_per_task=1)
+    gate = helpers.Gate(tmp_path / "gate")
+    job = launch(["--run-dir", str(run_dir), *args, "--gate", str(gate.path), "--log-every-steps", "1"],
+                 folder=str(tmp_path / "submitit" / "%j"), cluster="slurm", timeout_min=10,
+                 slurm_partition="debug", tasks_per_node=2, cpus_per_task=1)
+    gate.allow(20)  # each worker waits for its 21st batch
+    deadline = time.monotonic() + 300
+    while '"global_step": 20,' not in (job.task(0).stdout() or ""):
+        assert time.monotonic() < deadline, "the job did not reach step 20"
+        time.sleep(0.5)
+    sh("scancel", "--signal=USR2", job.job_id)  # every task (not the batch shell): a preemption
+    gate.allow(10_000)
     first, second = job.results()
     assert first == second and first["epoch"] == 2, (first, second)
-    assert "worker 1 of 2 (reads the chief's checkpoints)" in (job.task(1).stderr() or "")
+    logs = [job.task(i).stdout() + (job.task(i).stderr() or "") for i in (0, 1)]
+    stops = [re.findall(r"stopped at (epoch \d+ step \d+/\d+ \(global step \d+\))", log) for log in logs]
+    assert len(stops[0]) == 1 and stops[0] == stops[1], logs
+    assert all("resumed from" in log for log in logs), logs
+    assert "worker 1 of 2 (reads the chief's checkpoints)" in logs[1]
     helpers.assert_bitwise_equal(helpers.latest_variables(by_hand), helpers.latest_variables(run_dir))
 
 

@@ -8,10 +8,16 @@ saved submitit handler is called from normal code: it asks ``checkpoint()``
 for the resubmission (cheap: the checkpoint is already on disk), decides
 timeout vs. preemption (timeouts requeue up to ``max_num_timeout`` times,
 preemptions always) and requeues with ``scontrol``.
+
+With several tasks (``nodes=2, tasks_per_node=1``) each task is one worker of a
+MultiWorkerMirroredStrategy (the workers find each other from SLURM's
+environment); all stop at the same step, only the first task requeues, and the
+others wait for that requeue to end them.
 """
 from __future__ import annotations
 
 import signal
+import time
 import warnings
 from typing import Callable
 
@@ -20,6 +26,7 @@ import submitit
 from . import exitcodes
 from .signals import CAUGHT
 
+REQUEUE_WAIT_S = 300  # a task other than the first waits this long for the job's requeue to end it
 EARLY_SIGNAL_S = 60  # sbatch(1), --signal: "may be sent up to 60 seconds earlier than specified"
 
 
@@ -48,7 +55,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
             signum = outcome.exit_code - 128
             handler = _submitit_handler(requeue_handlers, signum)
             if handler is not None:
-                handler(signum, None)  # checkpoint() + requeue + exit; normally does not return
+                handler(signum, None)  # checkpoint() + requeue + exit, on the job's first task
+                # On any other task submitit leaves the requeue to the first one, which ends the
+                # whole job; returning or raising here would write this task's result too early.
+                time.sleep(REQUEUE_WAIT_S)
             raise TrainingStopped(f"stopped by {signal.Signals(signum).name} at global step "
                                   f"{outcome.state.global_step if outcome.state else '?'}; "
                                   "resubmit the same job to resume")
