@@ -80,6 +80,42 @@ def interrupt_at_step(args, sig: int, target: int) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def interrupt_randomly(run_dir, args, sig, rng, total_steps, interrupts=3):
+    """Interrupt at random reported steps, then run to the end; returns the stops. Correct for
+    every branch: a signal may land at an epoch end, or after the run already finished."""
+    base = ["train", "--run-dir", str(run_dir), *args]
+    stops, starts, finished = [], 0, False
+    for target in sorted(rng.sample(range(1, total_steps), interrupts)):
+        if stops:
+            target = max(target, stops[-1][3] + 1)
+        code, out = interrupt_at_step(base, sig, target)
+        starts += 1
+        if stops:  # every start resumes exactly where the previous one stopped
+            e, s, n, g, _ = stops[-1]
+            assert f"at epoch {e} step {s}/{n} (global step {g})" in out, out
+        if code == 0:  # finished before the signal landed
+            finished = True
+            break
+        assert code == 128 + sig, out
+        stop = stop_of(out)
+        assert stop[3] >= target and f"resume with: python -m trainer train --run-dir {run_dir}" in out
+        status = json.loads(run(["status", str(run_dir), "--json"]).stdout)
+        assert status["latest"]["global_step"] == stop[3]  # zero steps lost
+        assert status["latest"]["reason"] in ("signal", "epoch end")
+        stops.append(stop)
+    final = run(base)
+    starts += 1
+    assert final.returncode == 0, final.stdout + final.stderr
+    if finished:
+        assert "training already complete" in final.stdout
+    else:
+        e, s, n, g, _ = stops[-1]
+        assert f"at epoch {e} step {s}/{n} (global step {g})" in final.stderr
+    history = json.loads((run_dir / "history.json").read_text())
+    assert sum(e["kind"] == "resume" for e in history["events"]) == starts - 1
+    return stops
+
+
 def stop_of(out: str) -> tuple[int, ...]:
     """(epoch, step, steps, global step, checkpoint) of the trainer's stop line."""
     match = STOP_LINE.search(out)

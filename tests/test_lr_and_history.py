@@ -5,6 +5,7 @@ import json
 import signal
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import helpers
@@ -82,8 +83,10 @@ def test_lr_request_while_stopped_is_applied_once_and_history_survives_resumes(t
     assert "complete" in status.stdout and "lr changes: 1" in status.stdout
 
 
-def test_live_lr_change_applies_at_a_step_boundary_exactly_once(tmp_path):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_live_lr_change_applies_at_a_step_boundary_exactly_once(tmp_path, replicas):
     gate, run_dir, base = _setup(tmp_path)
+    base += ["--cpu-devices", str(replicas)] if replicas > 1 else []
     proc = helpers.start([*base, "--gate", str(gate.path), "--epochs", "3", "--log-every-steps", "1",
                           "--lr-poll-seconds", "0.5"])
     gate.allow(20)
@@ -96,6 +99,7 @@ def test_live_lr_change_applies_at_a_step_boundary_exactly_once(tmp_path):
     out += _read_until(proc, "learning rate 0.05 -> 0.02 (live")
     assert out.splitlines()[-1].endswith("at epoch 1 step 21/32 (global step 21))"), out[-500:]
     out += _stop_at(proc, gate, 30)
+    assert f"with {replicas} replica(s)" in out
     assert (run_dir / "lr_override.consumed").exists() and not (run_dir / "lr_override").exists()
 
     final = helpers.run([*base, "--gate", str(gate.path), "--epochs", "3"])

@@ -116,7 +116,7 @@ def test_resuming_with_another_number_of_workers_says_it_is_not_bitwise(job, two
     shutil.copytree(two_worker_reference, run_dir)
     result = helpers.run(_args(job, run_dir, "--epochs", "4", "--quiet"))
     assert result.returncode == 0, result.stderr
-    assert "written by a run with 2 replicas; this one has 1" in result.stderr
+    assert "were written with 2 replicas; this run has 1" in result.stderr
     assert "training complete: 4 epochs" in result.stdout
 
 

@@ -23,42 +23,6 @@ def user_args(tmp_path, *extra):
     return ["--job", str(job), "--no-tensorboard", "--save-every-steps", "10", *extra]
 
 
-def _interrupt_randomly(run_dir, args, sig, rng, total_steps, interrupts=3):
-    """Interrupt at random reported steps, then run to the end; returns the stops. Correct for
-    every branch: a signal may land at an epoch end, or after the run already finished."""
-    base = ["train", "--run-dir", str(run_dir), *args]
-    stops, starts, finished = [], 0, False
-    for target in sorted(rng.sample(range(1, total_steps), interrupts)):
-        if stops:
-            target = max(target, stops[-1][3] + 1)
-        code, out = helpers.interrupt_at_step(base, sig, target)
-        starts += 1
-        if stops:  # every start resumes exactly where the previous one stopped
-            e, s, n, g, _ = stops[-1]
-            assert f"at epoch {e} step {s}/{n} (global step {g})" in out, out
-        if code == 0:  # finished before the signal landed
-            finished = True
-            break
-        assert code == 128 + sig, out
-        stop = helpers.stop_of(out)
-        assert stop[3] >= target and f"resume with: python -m trainer train --run-dir {run_dir}" in out
-        status = json.loads(helpers.run(["status", str(run_dir), "--json"]).stdout)
-        assert status["latest"]["global_step"] == stop[3]  # zero steps lost
-        assert status["latest"]["reason"] in ("signal", "epoch end")
-        stops.append(stop)
-    final = helpers.run(base)
-    starts += 1
-    assert final.returncode == 0, final.stdout + final.stderr
-    if finished:
-        assert "training already complete" in final.stdout
-    else:
-        e, s, n, g, _ = stops[-1]
-        assert f"at epoch {e} step {s}/{n} (global step {g})" in final.stderr
-    history = json.loads((run_dir / "history.json").read_text())
-    assert sum(e["kind"] == "resume" for e in history["events"]) == starts - 1
-    return stops
-
-
 @pytest.mark.parametrize("job,sig_name,seed", [("reference", "TERM", 1), ("reference", "INT", 2),
                                                 ("digits", "TERM", 3), ("user", "INT", 4)])
 def test_random_interrupts_end_bitwise_equal(tmp_path, uninterrupted, job, sig_name, seed):
@@ -66,7 +30,7 @@ def test_random_interrupts_end_bitwise_equal(tmp_path, uninterrupted, job, sig_n
                    "user": (user_args(tmp_path), 32)}[job]
     reference = uninterrupted(job, args)
     run_dir = tmp_path / "run"
-    _interrupt_randomly(run_dir, args, helpers.SIGNALS[sig_name], random.Random(seed), 3 * steps)
+    helpers.interrupt_randomly(run_dir, args, helpers.SIGNALS[sig_name], random.Random(seed), 3 * steps)
     helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(run_dir))
     mine = json.loads((run_dir / "history.json").read_text())["epochs"]
     theirs = json.loads((reference / "history.json").read_text())["epochs"]

@@ -27,6 +27,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 from .checkpoints_index import (
@@ -90,12 +91,44 @@ def _value(var):
     return getattr(var, "value", var) if not isinstance(var, tf.Variable) else var
 
 
-def _shadow(var) -> tf.Variable:
+def _shadow(var, on_device: bool) -> tf.Variable:
     """A plain variable to copy ``var`` into (made without reading ``var``: under
-    MultiWorkerMirroredStrategy reading a metric's total is a collective)."""
+    MultiWorkerMirroredStrategy reading a metric's total is a collective). In host memory
+    unless ``on_device``: on a GPU, a copy beside the variables would take as much
+    accelerator memory again as the model and optimizer state."""
     dtype = tf.as_dtype(var.dtype)
-    initial = "" if dtype == tf.string else tf.zeros(var.shape, dtype)
-    return tf.Variable(initial, trainable=False, dtype=dtype)
+    with tf.device(_primary_device(var) if on_device else HOST):
+        initial = "" if dtype == tf.string else tf.zeros(var.shape, dtype)
+        return tf.Variable(initial, trainable=False, dtype=dtype)
+
+
+HOST = "/device:CPU:0"
+REPLICA_PARTS = "replica_parts"  # a checkpoint group: each replica's part of the summed metrics
+
+
+def _part(key: str, replica: int) -> str:
+    return f"{key}#{replica}"
+
+
+def _replica_parts(summed) -> dict:
+    """Each replica's component of the summed on-read variables, when this process holds them
+    all (one process, MirroredStrategy); saved beside the totals that tf.distribute saves."""
+    return {_part(key, r): component for key, var in summed
+            if len(var.values) == var.distribute_strategy.num_replicas_in_sync
+            for r, component in enumerate(var.values)}
+
+
+def _summed_on_read(var) -> bool:
+    return (isinstance(var, tf.distribute.DistributedValues)
+            and getattr(var, "synchronization", None) == tf.VariableSynchronization.ON_READ
+            and getattr(var, "aggregation", None) == tf.VariableAggregation.SUM)
+
+
+def _primary_device(var) -> str:
+    """Where ``var`` (its first replica's copy, for a mirrored one) lives."""
+    value = _value(var)
+    primary = getattr(value, "primary", value)
+    return primary.device
 
 
 class CheckpointStore:
@@ -109,7 +142,7 @@ class CheckpointStore:
     downloading a remote run's into ``local_dir``, a folder of its own."""
 
     def __init__(self, groups: dict[str, dict], storage: Storage, local_dir: str, max_to_keep: int,
-                 writes: bool = True):
+                 writes: bool = True, on_device: bool = False, holds_replica_zero: bool = True):
         self.storage = storage          # the run directory
         self.local_dir = local_dir      # where TF writes
         self.max_to_keep = max_to_keep
@@ -118,8 +151,14 @@ class CheckpointStore:
         self.checkpoint = tf.train.Checkpoint(**groups)  # restores into the live variables
         self.expected_shapes = {checkpoint_key(g, p): tuple(v.shape)
                                 for g, vs in groups.items() for p, v in vs.items()}
-        shadow = {g: {p: _shadow(v) for p, v in vs.items()} for g, vs in groups.items()}
-        pairs = [(shadow[g][p], _value(v)) for g, vs in groups.items() for p, v in vs.items()]
+        self._summed = [(checkpoint_key(g, p), _value(v)) for g, vs in groups.items() for p, v in vs.items()
+                        if _summed_on_read(_value(v))]
+        self._holds_replica_zero = holds_replica_zero
+        parts = _replica_parts(self._summed)
+        saved = {**groups, REPLICA_PARTS: parts} if parts else groups
+        shadow = {g: {p: _shadow(v, on_device) for p, v in vs.items()} for g, vs in saved.items()}
+        pairs = [(shadow[g][p], _value(v)) for g, vs in saved.items() for p, v in vs.items()]
+        self.snapshot_variables = [copy for copy, _ in pairs]  # where a save's copy lives
 
         @tf.function
         def snapshot():  # one graph call instead of hundreds of eager assigns
@@ -306,8 +345,30 @@ class CheckpointStore:
         CorruptCheckpoint if it fails verification, IncompatibleCheckpoint for another model.
         Under MultiWorkerMirroredStrategy restoring is collective: every worker calls it."""
         manifest = self._verify(number)
-        self.checkpoint.restore(os.path.join(self.local_dir, manifest["prefix"])).expect_partial()
+        prefix = os.path.join(self.local_dir, manifest["prefix"])
+        self.checkpoint.restore(prefix).expect_partial()
+        self._restore_sums(prefix)
         return manifest
+
+    def _restore_sums(self, prefix: str) -> None:
+        """Give each replica back its own part of a summed on-read variable (a metric's running
+        total under several replicas), so that a resumed epoch adds up its metrics in the same
+        order as the uninterrupted run. tf.distribute would restore total / replicas on every
+        replica. Where the parts were saved with another replica count (or live in other
+        processes), the whole total goes to replica 0: the sum is kept, not its last bits."""
+        if not self._summed:
+            return
+        reader = tf.train.load_checkpoint(prefix)
+        for key, var in self._summed:
+            parts = [checkpoint_key(REPLICA_PARTS, _part(key, r)) for r in range(len(var.values) + 1)]
+            if all(reader.has_tensor(k) for k in parts[:-1]) and not reader.has_tensor(parts[-1]):
+                values = [reader.get_tensor(k) for k in parts[:-1]]
+            else:
+                total = reader.get_tensor(key)
+                values = [total if i == 0 and self._holds_replica_zero else np.zeros_like(total)
+                          for i in range(len(var.values))]
+            for component, value in zip(var.values, values):
+                component.assign(value)
 
     def _read_manifest(self, number: int) -> dict:
         name = f"ckpt-{number}{MARKER}"

@@ -20,7 +20,8 @@ from .signals import StopRequest, ignore_from_now_on
 
 # how this process was started, for usage lines and the printed resume command
 PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
-TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "save_every_steps", "save_every_seconds",
+TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "snapshot_on_device",
+                 "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_s",
                  "quiet", "log_every_steps", "tensorboard", "export")
 
@@ -66,6 +67,8 @@ def train_parser(job=None) -> argparse.ArgumentParser:
             ("--epochs", int, "total epochs of the run (default: the preset's or the job's EPOCHS)"),
             ("--seed", int, "seeds the model's initial weights and every epoch's order (default 42)"),
             ("--strategy", str, "auto (default), default, mirrored or multi-worker"),
+            ("--cpu-devices", int, "split the CPU into N logical devices and train with MirroredStrategy over "
+                                   "them (N replicas in one process: try the multi-device path without GPUs)"),
             ("--save-every-steps", int, "also save every N steps"),
             ("--save-every-seconds", float, "also save every T seconds (default 120)"),
             ("--max-to-keep", int, "newest committed checkpoints to keep (>= 2, default 3)"),
@@ -79,6 +82,9 @@ def train_parser(job=None) -> argparse.ArgumentParser:
     t.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
                    help="allow nondeterministic TF ops (faster on some GPUs, resume no longer bitwise exact)")
     t.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
+    t.add_argument("--snapshot-on-device", action="store_true", default=None,
+                   help="keep each save's snapshot on the accelerator beside the variables (faster saves, "
+                        "one more copy of the model and optimizer state in its memory; default: host memory)")
     t.add_argument("--no-export", dest="export", action="store_false", default=None,
                    help="do not write <run-dir>/model.keras at the end")
     t.add_argument("--quiet", action="store_true", default=None, help="no progress bar")

@@ -36,6 +36,8 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = True
     strategy: str = "auto"
+    cpu_devices: int | None = None      # split the CPU into N logical devices: MirroredStrategy over them
+    snapshot_on_device: bool = False    # keep the save snapshot beside the variables (accelerator memory)
     save_every_steps: int | None = None
     save_every_seconds: float | None = 120.0
     max_to_keep: int = 3
@@ -61,7 +63,11 @@ class TrainConfig:
         from .distribute import STRATEGIES
         if self.strategy not in STRATEGIES:
             raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        for name in ("save_every_steps", "keep_every_epochs", "log_every_steps"):
+        if self.cpu_devices is not None and self.strategy in ("default", "multi-worker"):
+            raise ConfigError("cpu_devices", f"trains one process over N logical CPU devices with "
+                              f"MirroredStrategy; it cannot be combined with --strategy {self.strategy}",
+                              "use --strategy auto or mirrored")
+        for name in ("save_every_steps", "keep_every_epochs", "log_every_steps", "cpu_devices"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(name, f"must be >= 1 or unset, got {value!r}")

@@ -214,9 +214,10 @@ def _node_addr(node: str) -> str:
     return match.group(1) if match else node
 
 
-def setup(kind: str = "auto") -> Cluster:
+def setup(kind: str = "auto", cpu_devices: int | None = None) -> Cluster:
     """The strategy for ``kind`` (one of STRATEGIES) and this process's place in it. Call it
-    before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime."""
+    before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime, and so
+    does splitting the CPU into ``cpu_devices`` logical devices (MirroredStrategy over them)."""
     if kind not in STRATEGIES:
         raise ValueError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {kind!r}")
     resolver = find_cluster() if kind in ("auto", "multi-worker") else None
@@ -224,12 +225,32 @@ def setup(kind: str = "auto") -> Cluster:
         raise ClusterError("--strategy multi-worker: no cluster found; set TF_CONFIG for each worker, or "
                            "start the workers with srun (sbatch --ntasks=N slurm/train.sh does)")
     if resolver is not None:
+        if cpu_devices:
+            raise ClusterError("--cpu-devices: splits the CPU of one process; this process is one worker of "
+                               "several (TF_CONFIG or srun): drop --cpu-devices, or start one process")
         return _multi_worker(resolver)
+    devices = split_cpu(cpu_devices) if cpu_devices else None
     if kind == "auto":
-        kind = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
-    strategy = tf.distribute.MirroredStrategy() if kind == "mirrored" else tf.distribute.get_strategy()
+        kind = "mirrored" if devices and len(devices) > 1 or len(tf.config.list_physical_devices("GPU")) > 1 \
+            else "default"
+    strategy = tf.distribute.MirroredStrategy(devices) if kind == "mirrored" else tf.distribute.get_strategy()
     replicas = Replicas(total=strategy.num_replicas_in_sync, first=0, local=strategy.num_replicas_in_sync)
     return Cluster(strategy, replicas, True, 1, 0, Agreement())
+
+
+def split_cpu(count: int) -> list[str]:
+    """Make the first CPU ``count`` logical devices (how TensorFlow tests its strategies without
+    GPUs); their names. Only possible before the runtime starts, unless already split so."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:  # the runtime has started: fine if it is already split this way
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise ClusterError(f"--cpu-devices {count}: TensorFlow has already started in this process with "
+                               f"{len(tf.config.list_logical_devices('CPU'))} CPU device(s), and the split can "
+                               "only be set before its first operation; start a new process (a notebook: "
+                               "restart the kernel and call trainer.fit first)") from None
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
 def _multi_worker(resolver) -> Cluster:

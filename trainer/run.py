@@ -147,7 +147,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
         raise ConfigError("from", "cannot be combined with --fresh", "--fresh starts over; --from goes back")
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    cluster = distribute.setup(cfg.strategy)  # before any other TF op; waits for every worker
+    cluster = distribute.setup(cfg.strategy, cfg.cpu_devices)  # before any other TF op; waits for every worker
     stop.reclaim()
     if cluster.workers > 1:
         log.info("%s", cluster.role())  # (after reclaim: a test may signal us on this line)
@@ -190,7 +190,8 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
             went_back = rollback.execute(storage, going_back, local_dir if storage.is_remote else None)
     elif storage.is_remote:  # a worker's own copies of the chief's checkpoints
         local_dir = os.path.join(staging_dir(cfg, storage), f"worker-{cluster.index}", "checkpoints")
-    store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep, writes=chief)
+    store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep, writes=chief,
+                            on_device=cfg.snapshot_on_device, holds_replica_zero=cluster.replicas.first == 0)
     writers = _Writers(store, monitor.HistoryWriter(storage) if chief else None, cfg.flush_timeout_s)
     try:
         return _run(cfg, job, cluster, storage, built, store, writers, requests, went_back, timings, mark, stop,
@@ -232,9 +233,11 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
                  manifest["number"], state.position(steps), state.lr)
         before = manifest.get("replicas", cluster.replicas.total)
         if before != cluster.replicas.total:
-            log.warning("ckpt-%d was written by a run with %d replicas; this one has %d: batches are split "
-                        "differently from here on, so the result will not be bitwise equal to a run that kept "
-                        "%d", manifest["number"], before, cluster.replicas.total, before)
+            log.warning("ckpt-%d and the steps before it were written with %d replicas; this run has %d. "
+                        "Training continues on exactly the examples, in exactly the order, the run would have "
+                        "seen (each global batch now split %d ways); the weights will differ in the last bits "
+                        "from a run that kept %d, since the gradients are summed in another order",
+                        manifest["number"], before, cluster.replicas.total, cluster.replicas.total, before)
     else:
         state = TrainerState(lr=float(built.model.optimizer.learning_rate.numpy()), seed=cfg.seed)
         log.info("starting a new run in %s (%d epochs)", storage.root, cfg.epochs)

@@ -1,0 +1,182 @@
+"""Several devices in one process: MirroredStrategy over logical CPU devices (``--cpu-devices N``),
+the path a one-node multi-GPU user takes, run here without GPUs as TensorFlow tests its own
+strategies. Real processes and signals; every resumed run ends bitwise equal to the
+uninterrupted run with the same replica count."""
+import json
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests import helpers, ledger_job
+from trainer.data import Replicas
+
+REFERENCE_STEPS = 32  # per epoch: --train-size 1024, batch 32
+REFERENCE = [*helpers.TINY[:2], "--train-size", "1024", "--val-size", "128", "--epochs", "2", "--no-tensorboard",
+             "--save-every-steps", "10"]
+
+
+def _user_args(tmp_path, *extra):
+    job = helpers.user_job(tmp_path / "elsewhere")
+    return ["--job", str(job), "--no-tensorboard", "--save-every-steps", "10", *extra]
+
+
+def _manifest(run_dir) -> dict:
+    from trainer.checkpoints_index import committed
+    ckpts = run_dir / "checkpoints"
+    return json.loads((ckpts / f"ckpt-{committed(p.name for p in ckpts.iterdir())[0]}.commit.json").read_text())
+
+
+@pytest.mark.parametrize("job,devices,sig_name,seed", [("reference", 2, "TERM", 1), ("user", 3, "INT", 2)])
+def test_replicas_stop_at_random_steps_and_resume_bitwise(tmp_path, uninterrupted, job, devices, sig_name, seed):
+    """The reference job (ArrayData, augmentation) on 2 replicas, the user's job (its own
+    train_step, EpochBatches split across replicas, a callback) on 3."""
+    args, steps, epochs = {"reference": (REFERENCE, REFERENCE_STEPS, 2), "user": (_user_args(tmp_path), 32, 3)}[job]
+    args = [*args, "--cpu-devices", str(devices)]
+    reference = uninterrupted(f"{job}-{devices}-replicas", args)
+    run_dir = tmp_path / "run"
+    helpers.interrupt_randomly(run_dir, args, helpers.SIGNALS[sig_name], random.Random(seed), epochs * steps,
+                               interrupts=2)
+    assert _manifest(run_dir)["replicas"] == _manifest(reference)["replicas"] == devices
+    helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(run_dir))
+    mine = json.loads((run_dir / "history.json").read_text())["epochs"]
+    theirs = json.loads((reference / "history.json").read_text())["epochs"]
+    assert [_metrics(e) for e in mine] == [_metrics(e) for e in theirs]  # a resumed epoch's metrics too
+
+
+def _metrics(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("wall_time", "finished_at")}
+
+
+def test_replica_count_changes_keep_the_global_order_exactly_once(tmp_path):
+    """2 replicas -> SIGTERM -> 1 -> SIGTERM -> 3 to the end: every global step trains the same
+    examples in the same order as an uninterrupted one-replica run, each replica the share
+    ``Replicas.bounds`` documents, and every example once per epoch."""
+    job = str(helpers.ROOT / "tests" / "ledger_job.py")
+    steps_per_epoch = ledger_job.EXAMPLES // 16
+
+    def args(run, *extra):
+        return ["train", "--run-dir", str(tmp_path / run), "--job", job, "--ledger", str(tmp_path / f"{run}.txt"),
+                "--no-tensorboard", "--no-export", *extra]
+    done = helpers.run(args("one"))
+    assert done.returncode == 0, done.stderr
+    single = ledger_job.read(tmp_path / "one.txt")
+    total = ledger_job.EPOCHS * steps_per_epoch
+    assert sorted(single) == list(range(total))
+    for epoch in range(ledger_job.EPOCHS):
+        ids = [i for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch) for i in single[step][0]]
+        assert sorted(ids) == list(range(ledger_job.EXAMPLES))
+
+    rng = random.Random(7)
+    first, second = rng.randint(2, total // 3), rng.randint(total // 3 + 2, 2 * total // 3)
+    code, out = helpers.interrupt_at_step(args("changed", "--cpu-devices", "2"), signal.SIGTERM, first)
+    assert code == 128 + signal.SIGTERM, out
+    code, out = helpers.interrupt_at_step(args("changed"), signal.SIGTERM, max(second, helpers.stop_of(out)[3] + 1))
+    assert "were written with 2 replicas; this run has 1" in out, out
+    assert code == 128 + signal.SIGTERM, out
+    done = helpers.run(args("changed", "--cpu-devices", "3"))
+    assert done.returncode == 0, done.stderr
+    assert "MirroredStrategy with 3 replica(s)" in done.stderr and "this run has 3" in done.stderr
+
+    changed = ledger_job.read(tmp_path / "changed.txt")  # (a step trained twice would fail here)
+    assert sorted(changed) == list(range(total))
+    counts = [len(changed[step]) for step in range(total)]
+    assert counts[0] == 2 and counts[-1] == 3 and set(counts) == {1, 2, 3}, counts
+    for step in range(total):
+        shares = changed[step]
+        layout = Replicas(total=len(shares), first=0, local=len(shares))
+        assert [i for r in sorted(shares) for i in shares[r]] == single[step][0], step
+        assert [len(shares[r]) for r in sorted(shares)] == [
+            hi - lo for lo, hi in (layout.bounds(16, r) for r in range(len(shares)))]
+
+
+FIT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, keras, tensorflow as tf
+    import trainer
+    from trainer.distribute import split_cpu
+
+    tf.config.experimental.enable_op_determinism()
+    devices = split_cpu(2)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(320, 8)).astype("float32")
+    y = (x[:, :3].argmax(1)).astype("int64")
+
+    def build():
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")])
+        return model
+
+    keras.utils.set_random_seed(42)
+    with tf.distribute.MirroredStrategy(devices).scope():
+        model = build()
+    fit = model.fit(x[:256], y[:256], batch_size=32, epochs=2, shuffle=False, verbose=0,
+                    validation_data=(x[256:], y[256:]))
+    ours = trainer.fit(sys.argv[1], model=build, epochs=2, cpu_devices=2, quiet=True, tensorboard=False,
+                       export=False, data=(trainer.ArrayData(x[:256], y[:256], batch_size=32, shuffle=False),
+                                           (x[256:], y[256:])))
+    assert ours.exit_code == 0, ours
+    print(json.dumps(fit.history))
+    np.savez(sys.argv[2], *[v.numpy() for v in model.weights])
+""")
+
+
+def test_metrics_over_replicas_equal_model_fit_under_the_same_strategy(tmp_path):
+    """The same model, batches and MirroredStrategy (2 replicas): per-epoch metrics aggregated over
+    the replicas and the final weights equal model.fit's."""
+    done = subprocess.run([sys.executable, "-c", FIT_SCRIPT, str(tmp_path / "run"), str(tmp_path / "fit.npz")],
+                          cwd=helpers.ROOT, env=helpers.env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MirroredStrategy with 2 replica(s)" in done.stderr
+    fit = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]
+    keys = ["loss", "accuracy", "top2", "val_loss", "val_accuracy", "val_top2"]
+    assert set(keys) <= set(fit) and len(ours) == 2
+    for epoch in range(2):
+        for key in keys:
+            assert ours[epoch][key] == pytest.approx(fit[key][epoch], rel=0, abs=1e-6), key
+    fit_weights = np.load(tmp_path / "fit.npz")
+    ours = [v for k, v in sorted(helpers.latest_variables(tmp_path / "run").items()) if k.startswith("model/")]
+    assert sorted(a.tobytes() for a in fit_weights.values()) == sorted(a.tobytes() for a in ours)
+
+
+SHADOW_SCRIPT = textwrap.dedent("""
+    import sys, tempfile
+    import keras, tensorflow as tf
+    from trainer.checkpoints import CheckpointStore
+    from trainer.distribute import split_cpu
+    from trainer.storage import Storage
+    from trainer.variables import prepare
+
+    devices = split_cpu(3)
+    strategy = tf.distribute.MirroredStrategy(devices[1:])  # CPU:1 and CPU:2 stand in for two GPUs
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+        groups = prepare(model, (tf.TensorSpec((8, 4)), tf.TensorSpec((8, 3))), "test")
+    for on_device in (False, True):
+        with tf.device(devices[1]):  # the default device, as GPU:0 is where there is one
+            store = CheckpointStore(groups, Storage(tempfile.mkdtemp()), tempfile.mkdtemp(), 3,
+                                    on_device=on_device)
+        for var in store.snapshot_variables:
+            print(on_device, var.device)
+        store.close()
+""")
+
+
+def test_save_snapshots_live_in_host_memory_unless_asked(tmp_path):
+    done = subprocess.run([sys.executable, "-c", SHADOW_SCRIPT], cwd=helpers.ROOT, env=helpers.env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    host = {device for on_device, device in rows if on_device == "False"}
+    beside = {device for on_device, device in rows if on_device == "True"}
+    assert host == {"/job:localhost/replica:0/task:0/device:CPU:0"}, rows
+    # beside the variables: the mirrored ones' first copies on CPU:1, replica 1's metric parts on CPU:2
+    assert beside == {f"/job:localhost/replica:0/task:0/device:CPU:{i}" for i in (1, 2)}, rows
