@@ -133,7 +133,7 @@ def _primary_device(var) -> str:
 
 class CheckpointStore:
     """Saves are snapshots: the training loop only copies the variables into a
-    shadow set (milliseconds); a single writer thread writes that snapshot with
+    shadow set (in host memory unless ``on_device``); a single writer thread writes that snapshot with
     CheckpointManager, commits it and, for remote runs, uploads it.
 
     With ``writes=False`` (a worker that is not the chief) a save is only the
