@@ -4,11 +4,13 @@ Each example's first feature is its id; the model's own ``train_step`` appends o
 ``global_step replica id,id,...`` to ``--ledger FILE`` per replica and step (through
 ``tf.py_function``, so it runs inside the compiled step). Used to check that a run keeps
 its global order of examples, exactly once, when the replica count changes between
-resumes, and that each global batch is split as documented.
+resumes, and that each global batch is split as documented. ``--source epoch_batches``
+gives the same examples in the same order through ``EpochBatches`` and a Python generator.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import keras
 import numpy as np
@@ -24,6 +26,7 @@ EXAMPLES, FEATURES, CLASSES = 256, 6, 3
 @dataclass
 class Settings:
     batch_size: int = 16
+    source: Literal["arrays", "epoch_batches"] = "arrays"
     ledger: str = setting("ledger.txt", may_change=True, help="file the train step appends to")
 
 
@@ -59,7 +62,16 @@ def build_data(s: Settings):
     x = rng.normal(size=(EXAMPLES, FEATURES)).astype("float32")
     x[:, 0] = np.arange(EXAMPLES)
     y = rng.integers(0, CLASSES, EXAMPLES)
-    return trainer.ArrayData(x, y, batch_size=s.batch_size)
+    arrays = trainer.ArrayData(x, y, batch_size=s.batch_size)
+    if s.source == "arrays":
+        return arrays
+
+    def batches(epoch, start_step, seed):  # the same order as ArrayData's, from a Python generator
+        order = arrays.order(seed, epoch)
+        for step in range(start_step, arrays.steps_per_epoch):
+            rows = order[step * s.batch_size:(step + 1) * s.batch_size]
+            yield x[rows], y[rows]
+    return trainer.EpochBatches(batches, arrays.steps_per_epoch)
 
 
 def read(path) -> dict[int, dict[int, list[int]]]:

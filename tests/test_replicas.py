@@ -12,8 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests import helpers, ledger_job
-from trainer.data import Replicas
+from tests import helpers
 
 REFERENCE_STEPS = 32  # per epoch: --train-size 1024, batch 32
 REFERENCE = [*helpers.TINY[:2], "--train-size", "1024", "--val-size", "128", "--epochs", "2", "--no-tensorboard",
@@ -50,48 +49,6 @@ def test_replicas_stop_at_random_steps_and_resume_bitwise(tmp_path, uninterrupte
 
 def _metrics(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("wall_time", "finished_at")}
-
-
-def test_replica_count_changes_keep_the_global_order_exactly_once(tmp_path):
-    """2 replicas -> SIGTERM -> 1 -> SIGTERM -> 3 to the end: every global step trains the same
-    examples in the same order as an uninterrupted one-replica run, each replica the share
-    ``Replicas.bounds`` documents, and every example once per epoch."""
-    job = str(helpers.ROOT / "tests" / "ledger_job.py")
-    steps_per_epoch = ledger_job.EXAMPLES // 16
-
-    def args(run, *extra):
-        return ["train", "--run-dir", str(tmp_path / run), "--job", job, "--ledger", str(tmp_path / f"{run}.txt"),
-                "--no-tensorboard", "--no-export", *extra]
-    done = helpers.run(args("one"))
-    assert done.returncode == 0, done.stderr
-    single = ledger_job.read(tmp_path / "one.txt")
-    total = ledger_job.EPOCHS * steps_per_epoch
-    assert sorted(single) == list(range(total))
-    for epoch in range(ledger_job.EPOCHS):
-        ids = [i for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch) for i in single[step][0]]
-        assert sorted(ids) == list(range(ledger_job.EXAMPLES))
-
-    rng = random.Random(7)
-    first, second = rng.randint(2, total // 3), rng.randint(total // 3 + 2, 2 * total // 3)
-    code, out = helpers.interrupt_at_step(args("changed", "--cpu-devices", "2"), signal.SIGTERM, first)
-    assert code == 128 + signal.SIGTERM, out
-    code, out = helpers.interrupt_at_step(args("changed"), signal.SIGTERM, max(second, helpers.stop_of(out)[3] + 1))
-    assert "were written with 2 replicas; this run has 1" in out, out
-    assert code == 128 + signal.SIGTERM, out
-    done = helpers.run(args("changed", "--cpu-devices", "3"))
-    assert done.returncode == 0, done.stderr
-    assert "MirroredStrategy with 3 replica(s)" in done.stderr and "this run has 3" in done.stderr
-
-    changed = ledger_job.read(tmp_path / "changed.txt")  # (a step trained twice would fail here)
-    assert sorted(changed) == list(range(total))
-    counts = [len(changed[step]) for step in range(total)]
-    assert counts[0] == 2 and counts[-1] == 3 and set(counts) == {1, 2, 3}, counts
-    for step in range(total):
-        shares = changed[step]
-        layout = Replicas(total=len(shares), first=0, local=len(shares))
-        assert [i for r in sorted(shares) for i in shares[r]] == single[step][0], step
-        assert [len(shares[r]) for r in sorted(shares)] == [
-            hi - lo for lo, hi in (layout.bounds(16, r) for r in range(len(shares)))]
 
 
 FIT_SCRIPT = textwrap.dedent("""
