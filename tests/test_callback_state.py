@@ -128,3 +128,137 @@ def _assert_model_file_holds_best_weights(run_dir, ref_dir) -> None:
     a = keras.models.load_model(run_dir / "model.keras").get_weights()
     b = keras.models.load_model(ref_dir / "model.keras").get_weights()
     assert len(a) == len(b) and all(np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(a, b))
+
+
+# -- the adapters, in process (a seam: no training; the states go through JSON as in a checkpoint) --
+
+def _model():
+    import keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    return model
+
+
+def _resumed(make, model, drive, mid_epoch=False, lost=None):
+    """A callback driven by ``drive``, its state saved (then ``lost``: what it did after the
+    checkpoint); a new one (as a new process builds it) restored from that state; (first, second)."""
+    import keras
+
+    from trainer.callback_state import CallbackStates
+    first = make()
+    states = CallbackStates([first], model)
+    callbacks = keras.callbacks.CallbackList([first], model=model)
+    states.train_begin(callbacks, mid_epoch=False)
+    drive(first)
+    saved = json.loads(json.dumps(states.capture()))
+    if lost:
+        lost(first)
+    second = make()
+    again = CallbackStates([second], model)
+    for new, old in zip(again.variables.values(), states.variables.values()):
+        new.assign(old)  # what the checkpoint restore does
+    again.resume_from(saved)
+    again.train_begin(keras.callbacks.CallbackList([second], model=model), mid_epoch=mid_epoch)
+    return first, second
+
+
+def test_reduce_lr_on_plateau_keeps_its_cooldown():
+    import keras
+    model = _model()
+
+    def drive(cb):
+        for epoch, loss in enumerate([1.0, 1.0]):  # patience 1: lowered after epoch 2, cooldown 2 begins
+            cb.on_epoch_end(epoch, {"loss": loss})
+    make = lambda: keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=1, cooldown=2, factor=0.5)
+    first, second = _resumed(make, model, drive)
+    assert (second.wait, second.best, second.cooldown_counter) == (first.wait, first.best, 2)
+
+
+def test_early_stopping_best_weights_go_through_checkpoint_variables():
+    import keras
+    import numpy as np
+    model = _model()
+
+    def drive(cb):
+        cb.on_epoch_end(0, {"val_loss": 1.0})
+        best = [w.copy() for w in model.get_weights()]
+        model.set_weights([w + 1 for w in best])
+        cb.on_epoch_end(1, {"val_loss": 2.0})
+        drive.best = best
+    make = lambda: keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
+    _, second = _resumed(make, model, drive)
+    assert (second.wait, second.best, second.best_epoch) == (1, 1.0, 0)
+    assert [a.tobytes() for a in second.best_weights] == [np.asarray(b).tobytes() for b in drive.best]
+
+
+def test_csv_logger_cuts_off_a_row_written_after_the_checkpoint(tmp_path):
+    """The kill comes after epoch 2's row was written and before the next commit: the resumed
+    logger writes that row again, once, after one header: the file of an uninterrupted logger."""
+    import keras
+    model = _model()
+
+    def write(cb, epochs):
+        for epoch in epochs:
+            cb.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+
+    whole = keras.callbacks.CSVLogger(str(tmp_path / "whole.csv"))
+    whole.set_model(model)
+    whole.on_train_begin()
+    write(whole, [0, 1])
+    whole.on_train_end()
+    path = tmp_path / "log.csv"
+    _, second = _resumed(lambda: keras.callbacks.CSVLogger(str(path)), model, lambda cb: write(cb, [0]),
+                         lost=lambda cb: (write(cb, [1]), cb.csv_file.close()))
+    write(second, [1])
+    second.on_train_end()
+    assert path.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+def test_learning_rate_scheduler_is_not_applied_twice_in_a_resumed_epoch():
+    import keras
+    model = _model()
+    make = lambda: keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+    _, second = _resumed(make, model, lambda cb: cb.on_epoch_begin(0), mid_epoch=True)
+    lr = float(model.optimizer.learning_rate.numpy())
+    second.on_epoch_begin(0)  # the resumed epoch: already scheduled
+    assert float(model.optimizer.learning_rate.numpy()) == lr
+    second.on_epoch_begin(1)
+    assert float(model.optimizer.learning_rate.numpy()) == lr * 0.5
+
+
+def test_backup_and_restore_is_refused_and_bad_protocol_state_named(tmp_path):
+    import keras
+
+    from trainer.callback_state import CallbackStateError, CallbackStates
+
+    class Bad(keras.callbacks.Callback):
+        def get_state(self):
+            return {"when": object()}
+
+        def set_state(self, state):
+            pass
+    with pytest.raises(CallbackStateError, match="BackupAndRestore"):
+        CallbackStates([keras.callbacks.BackupAndRestore(str(tmp_path))], _model())
+    with pytest.raises(CallbackStateError, match=r"Bad.get_state\(\) must return a dict of JSON values"):
+        CallbackStates([Bad()], _model())
+
+
+def test_only_callbacks_that_look_stateful_are_warned_about(caplog):
+    import keras
+
+    from trainer.callback_state import CallbackStates
+
+    class Settings(keras.callbacks.Callback):
+        def __init__(self, path, every=2):
+            super().__init__()
+            self.path, self._every = path, every
+
+    class Counting(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+    with caplog.at_level("WARNING", logger="trainer"):
+        CallbackStates([Settings("x"), Counting(), keras.callbacks.EarlyStopping()], _model())
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and warnings[0].startswith("callback Counting has instance state (count)"), warnings
+    assert "its state restarts at each resume" in warnings[0]
