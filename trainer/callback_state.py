@@ -209,12 +209,12 @@ class _Protocol(_Attributes):
 _PROTOCOL = _Protocol()
 
 
-def follows_protocol(cb) -> bool:
+def _follows_protocol(cb) -> bool:
     return callable(getattr(cb, "get_state", None)) and callable(getattr(cb, "set_state", None))
 
 
 def _adapter(cb) -> _Attributes | None:
-    if follows_protocol(cb):
+    if _follows_protocol(cb):
         return _PROTOCOL
     return next((adapter for cls, adapter in KNOWN if isinstance(cb, cls)), None)
 

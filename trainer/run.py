@@ -266,6 +266,7 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
         why = "stopped early by a callback" if state.stopped_early else f"{state.epoch}/{cfg.epochs} epochs"
         print(f"training already complete: {why} (global step {state.global_step}); nothing to do."
               + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
+        _begin_and_end(built, state)
         return _finished(writers, state, None, built.model, cfg, storage, chief)
     stopping = agreement.now(distribute.Decisions(stop=stop.signum)).stop  # (signalled while building)
     if stopping:
@@ -301,6 +302,14 @@ def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int, 
     if not callbacks:
         return None
     return keras.callbacks.CallbackList(callbacks, model=model, epochs=cfg.epochs, steps=steps, verbose=0)
+
+
+def _begin_and_end(built: Built, state: TrainerState) -> None:
+    """As fit with no epoch left to train: on_train_begin (state restored), on_train_end; e.g.
+    EarlyStopping(restore_best_weights=True) puts the best weights into the exported model."""
+    if built.callbacks:
+        built.callback_states.train_begin(built.callbacks, mid_epoch=False)
+        built.callbacks.on_train_end(_last_metrics(state))
 
 
 @dataclass
