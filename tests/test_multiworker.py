@@ -1,7 +1,9 @@
 """Two workers on 127.0.0.1 under MultiWorkerMirroredStrategy (TF_CONFIG, subprocesses, CPU):
 signals on one or both workers stop both at the same step with one committed checkpoint
 and the same exit code, a killed worker makes the survivor exit with the requeue code,
-and every resumed run ends bitwise equal to the uninterrupted two-worker run."""
+and every resumed run ends bitwise equal to the uninterrupted two-worker run. The job's
+ReduceLROnPlateau lowers the rate after epochs 2 and 3: a worker that resumed without the
+chief's callback state would train on at another rate (and its gradients reach the chief's)."""
 import json
 import random
 import re
@@ -19,7 +21,7 @@ STEPS = 32  # per epoch (1024 examples, global batch 32: 16 per worker)
 
 def _args(job, run_dir, *extra):
     return ["train", "--run-dir", str(run_dir), "--job", str(job), "--no-tensorboard", "--save-every-steps", "10",
-            *extra]
+            "--plateau", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 
 Synthetic data through ``trainer.EpochBatches`` (a Python generator), a Model
 subclass with its own ``train_step`` (it counts its calls in a variable that
-checkpoints hold), Dropout, and a Keras callback that appends every epoch end
-to a file. Two settings make timing-free tests possible: ``sleep_s`` makes
+checkpoints hold), Dropout, a Keras callback that appends every epoch end to
+a file and, with ``--plateau``, a ReduceLROnPlateau whose state must survive a
+resume. Two settings make timing-free tests possible: ``sleep_s`` makes
 every batch take at least that long to produce (a run of N steps cannot end
 sooner than N * sleep_s, on any machine), and ``gate`` names a file holding
 how many batches the generator may produce so far (a test decides exactly
@@ -34,6 +35,7 @@ class Settings:
     sleep_s: float = setting(0.0, may_change=True, help="seconds each batch takes at least")
     gate: str | None = setting(None, may_change=True, help="file with the number of batches allowed")
     epoch_log: str | None = setting(None, may_change=True, help="file the callback appends epoch ends to")
+    plateau: bool = False  # a ReduceLROnPlateau that halves the rate after every epoch but the first
 
 
 class CountingMLP(keras.Model):
@@ -104,4 +106,7 @@ def build_data(s: Settings):
 
 
 def callbacks(s: Settings):
-    return [EpochLog(s.epoch_log)] if s.epoch_log else []
+    cbs = [EpochLog(s.epoch_log)] if s.epoch_log else []
+    if s.plateau:  # (no epoch improves the loss by 10: its wait counter decides, and must resume)
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=10.0))
+    return cbs

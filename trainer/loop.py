@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .callback_state import CallbackStates
 from .data import Replicas
 from .distribute import Agreement, Decisions
 from .monitor import HistoryWriter
@@ -63,6 +64,7 @@ class Loop:
     requests: LrRequests | None    # the chief's view of the run dir's LR requests
     history: HistoryWriter | None  # the chief writes history.json/png
     callbacks: keras.callbacks.CallbackList | None = None
+    callback_states: CallbackStates | None = None  # what the callbacks resume with (with ``callbacks``)
 
     def __post_init__(self):
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
@@ -115,7 +117,7 @@ class Loop:
         """Train until ``epochs``; returns the last epoch's logs. Raises Interrupted on a stop."""
         cbs = self.callbacks
         if cbs:
-            cbs.on_train_begin()
+            self.callback_states.train_begin(cbs, mid_epoch=self.state.step_in_epoch > 0)
         logs: dict = {}
         self.model.stop_training = False
         while self.state.epoch < self.epochs and not self.state.stopped_early:
@@ -203,19 +205,19 @@ class Loop:
         epoch_hook = getattr(self.train, "on_epoch_end", None)  # a PyDataset's
         if epoch_hook:
             epoch_hook()
+        # The callbacks first, as in fit (whose BackupAndRestore saves in on_epoch_end): the
+        # epoch-end checkpoint holds what they did (LR lowered, best so far, CSV length, stop).
+        if cbs:
+            cbs.on_epoch_end(epoch, dict(logs))
         state.history["epochs"].append(record)
         state.epoch += 1
         state.step_in_epoch = 0
         state.epoch_seconds = 0.0
-        number = self.saver.save("epoch end")
+        state.stopped_early = state.stopped_early or model.stop_training
+        number = self.saver.save("stopped by a callback" if model.stop_training else "epoch end")
         if self.history is not None:
             self.history.submit_history(state.history)
         self.progress.epoch_end(epoch, logs)
-        if cbs:
-            cbs.on_epoch_end(epoch, dict(logs))
-        if model.stop_training and not state.stopped_early:
-            state.stopped_early = True
-            number = self.saver.save("stopped by a callback")
         stop = self.agreement.now(Decisions(stop=self.stop.signum)).stop
         if stop:
             raise Interrupted(stop, number)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from . import data as data_mod
 from . import distribute, exitcodes, export, lr_override, monitor, rollback
+from .callback_state import CallbackStateError, CallbackStates
 from .checkpoints import CheckpointError, CheckpointStore, IncompatibleCheckpoint
 from .config import ConfigError, TrainConfig, dumps
 from .data import DataError
@@ -102,6 +103,8 @@ class Built:
     validation: object | None
     state_var: tf.Variable
     groups: dict
+    callbacks: keras.callbacks.CallbackList | None = None  # the job's (see _callbacks), with
+    callback_states: CallbackStates | None = None         # their state's variables in ``groups``
 
 
 def build(job: Job, cfg: TrainConfig, cluster) -> Built:
@@ -190,6 +193,13 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
             went_back = rollback.execute(storage, going_back, local_dir if storage.is_remote else None)
     elif storage.is_remote:  # a worker's own copies of the chief's checkpoints
         local_dir = os.path.join(staging_dir(cfg, storage), f"worker-{cluster.index}", "checkpoints")
+    built.callbacks = _callbacks(job, built.model, cfg, storage, steps, chief)
+    try:
+        built.callback_states = CallbackStates(built.callbacks.callbacks if built.callbacks else [], built.model)
+    except CallbackStateError as exc:
+        raise JobError(f"job {job.label}: {exc}") from exc
+    if built.callback_states.variables:
+        built.groups["callbacks"] = built.callback_states.variables
     store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep, writes=chief,
                             on_device=cfg.snapshot_on_device, holds_replica_zero=cluster.replicas.first == 0)
     writers = _Writers(store, monitor.HistoryWriter(storage) if chief else None, cfg.flush_timeout_s)
@@ -224,6 +234,7 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
     log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None))
     if manifest:
         state = TrainerState.from_json(built.state_var.numpy().decode())
+        built.callback_states.resume_from(state.callbacks)
         kind = "rollback" if went_back else "resume"
         details = ({"from_global_step": went_back["from_global_step"], "archive": went_back["archive"]}
                    if went_back else {})
@@ -243,7 +254,8 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
         log.info("starting a new run in %s (%d epochs)", storage.root, cfg.epochs)
 
     saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
-                  cfg.save_every_seconds, cfg.keep_every_epochs, cluster.replicas.total)
+                  cfg.save_every_seconds, cfg.keep_every_epochs, cluster.replicas.total,
+                  callback_states=built.callback_states)
     steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, chief)
     pending = requests.immediate() if chief else None
     value = agreement.share(pending.value if pending else None)
@@ -257,6 +269,7 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
         why = "stopped early by a callback" if state.stopped_early else f"{state.epoch}/{cfg.epochs} epochs"
         print(f"training already complete: {why} (global step {state.global_step}); nothing to do."
               + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
+        _begin_and_end(built, state)
         return _finished(writers, state, None, built.model, cfg, storage, chief)
     stopping = agreement.now(distribute.Decisions(stop=stop.signum)).stop  # (signalled while building)
     if stopping:
@@ -267,8 +280,7 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
     loop = Loop(built.model, cluster.strategy, cluster.replicas, built.train, built.validation, cfg.seed,
                 cfg.epochs, state, saver, stop, agreement,
                 Progress(state, steps, cfg.epochs, cfg.quiet, cfg.log_every_steps), steering,
-                requests if chief else None, writers.history,
-                _callbacks(job, built.model, cfg, storage, steps, chief))
+                requests if chief else None, writers.history, built.callbacks, built.callback_states)
     try:
         loop.run()
     except Interrupted as exc:
@@ -293,6 +305,14 @@ def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int, 
     if not callbacks:
         return None
     return keras.callbacks.CallbackList(callbacks, model=model, epochs=cfg.epochs, steps=steps, verbose=0)
+
+
+def _begin_and_end(built: Built, state: TrainerState) -> None:
+    """As fit with no epoch left to train: on_train_begin (state restored), on_train_end; e.g.
+    EarlyStopping(restore_best_weights=True) puts the best weights into the exported model."""
+    if built.callbacks:
+        built.callback_states.train_begin(built.callbacks, mid_epoch=False)
+        built.callbacks.on_train_end(_last_metrics(state))
 
 
 @dataclass

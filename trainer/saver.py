@@ -1,6 +1,7 @@
 """When the loop saves: every N steps and/or T seconds, at every epoch end, on a
 stop signal, after a learning-rate change; and what goes into each checkpoint
-beside the variables (the trainer state: position, history, LR bookkeeping)."""
+beside the variables (the trainer state: position, history, LR bookkeeping, the
+callbacks' state)."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ class Saver:
     def __init__(self, state: TrainerState, state_var: tf.Variable, store: CheckpointStore, optimizer,
                  steps_per_epoch: int, save_every_steps: int | None = None,
                  save_every_seconds: float | None = None, keep_every_epochs: int | None = None,
-                 replicas: int = 1, clock: Callable[[], float] = time.monotonic):
+                 replicas: int = 1, clock: Callable[[], float] = time.monotonic, callback_states=None):
         self.state = state
         self.state_var = state_var
         self.store = store
@@ -31,6 +32,7 @@ class Saver:
         self.keep_every_epochs = keep_every_epochs
         self.replicas = replicas
         self.clock = clock
+        self.callback_states = callback_states  # a trainer.callback_state.CallbackStates
         self._last_save = clock()
         self._segment_start = clock()
         self.last_checkpoint: int | None = None
@@ -65,10 +67,12 @@ class Saver:
         state = self.state
         self.epoch_seconds()
         state.lr = self.current_lr()
+        if self.callback_states:
+            state.callbacks = self.callback_states.capture()
         self.state_var.assign(state.to_json())
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                 "lr": state.lr, "reason": reason, "replicas": self.replicas}
-        if reason == "epoch end" and self.is_milestone():
+        if reason in ("epoch end", "stopped by a callback") and self.is_milestone():
             meta["milestone"] = True
         number = self.store.save(meta)
         self._last_save = self.clock()
