@@ -122,7 +122,7 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         if train is None:
             raise JobError(f"job {job.label}: build_data returned no training data")
         model = check_model(_call(job, "build_model"), job.label)
-        groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label)
+        groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}
     for source in (train, validation):
         if source is not None and source.warning:
