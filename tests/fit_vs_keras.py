@@ -85,6 +85,15 @@ def main(root: Path) -> dict:
     out["bad_class_weight"] = trainer.fit(str(root / "bad"), model=classifier, x=x, y=y,
                                           class_weight={"cat": 2.0}, quiet=True, **common).exit_code
 
+    split = dict(batch_size=25, epochs=2, validation_split=0.3)  # (the last 60 examples validate)
+    model, fit_history = keras_fit(classifier, x, y, **split)
+    ours = trainer.fit(str(root / "split"), model=classifier, x=x, y=y, shuffle=False, quiet=True,
+                       tensorboard=False, **split)
+    exported = keras.models.load_model(root / "split" / "model.keras")
+    out["validation_split"] = {"exit_code": ours.exit_code, "fit_history": fit_history,
+                               "our_history": ours.keras_history,
+                               "weights_equal_fit": same_weights(model.get_weights(), exported.get_weights())}
+
     images = vae_job.images(vae_job.Settings(examples=64))
     vae, vae_history = keras_fit(lambda: vae_job.build_model(None), images, batch_size=32, epochs=2)
     ours = trainer.fit(str(root / "vae"), model=lambda: vae_job.build_model(None), x=images, batch_size=32,

@@ -31,6 +31,10 @@ def test_trainer_fit_equals_model_fit(tmp_path):
     assert out["bad_class_weight"] == 2
     assert "class_weight's keys must be class ids" in result.stderr
 
+    split = out["validation_split"]
+    assert split["exit_code"] == 0 and split["weights_equal_fit"]
+    assert split["our_history"] == split["fit_history"] and len(split["fit_history"]["val_loss"]) == 2
+
     vae = out["vae"]
     assert vae["exit_code"] == 0
     assert vae["our_history"] == vae["fit_history"] and vae["fit_history"].keys() == VAE_LOGS
