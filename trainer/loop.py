@@ -63,7 +63,7 @@ class Loop:
     requests: LrRequests | None    # the chief's view of the run dir's LR requests
     history: HistoryWriter | None  # the chief writes history.json/png
     callbacks: keras.callbacks.CallbackList | None = None
-    validation_freq: int | list = 1  # as model.fit's: every N epochs, or the listed (1-based) epochs
+    validation_freq: int | tuple = 1  # as model.fit's: every N epochs, or the listed (1-based) epochs
 
     def __post_init__(self):
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
@@ -267,8 +267,9 @@ def _should_validate(epoch: int, validation_freq) -> bool:
 
 
 def _first_local(strategy, outputs):
-    """Step logs as this process's first replica saw them: no collective per step (the
-    epoch's logs are read from the metrics, aggregated over every replica)."""
+    """Step logs as this process's first replica saw them: no collective per step (an epoch's
+    logs come from the metrics, aggregated over every replica, unless the step names its logs
+    its own way: see ``metrics_or_step_logs``)."""
     return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], outputs)
 
 
