@@ -59,3 +59,15 @@ def test_only_class_weight_is_identity():
     assert fit_options.from_kwargs({"class_weight": {1: 2, 0: 1}, "validation_freq": 5}, "x").identity() == \
         {"class_weight": {"0": 1.0, "1": 2.0}}
     assert fit_options.FitOptions().identity() == {"class_weight": None}
+
+
+@pytest.mark.parametrize("structure, needle", [
+    ((np.zeros((4, 2), np.float32), np.zeros(4, np.int32), np.ones(4, np.float32)), "have 3 part(s)"),
+    ((np.zeros((4, 2), np.float32),), "have 1 part(s)"),
+    ((np.zeros((4, 2), np.float32), np.zeros((4, 3, 2), np.float32)), "one class per example"),
+])
+def test_class_weight_refuses_batches_fit_refuses(structure, needle):
+    source = fit_options.ClassWeighted(ArrayData(*structure, batch_size=2), WEIGHTS)
+    with pytest.raises(fit_options.FitOptionError) as err:
+        source.dataset(0, 0, 0, SINGLE)
+    assert needle in str(err.value)

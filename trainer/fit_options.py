@@ -90,7 +90,22 @@ class ClassWeighted:
 
     def dataset(self, seed, epoch, start_step, replicas, training=True):
         ds = self.source.dataset(seed, epoch, start_step, replicas, training=training)
-        return ds.map(_weigh(self.class_weight)) if training else ds
+        if not training:
+            return ds
+        _check_batches(ds.element_spec)
+        return ds.map(_weigh(self.class_weight))
+
+
+def _check_batches(spec) -> None:
+    """``fit``'s conditions for ``class_weight``, checked on the batches' spec before any tracing."""
+    if not isinstance(spec, tuple) or len(spec) != 2 or isinstance(spec[1], (dict, tuple, list)):
+        parts = len(spec) if isinstance(spec, tuple) else 1
+        raise FitOptionError("class_weight needs batches (x, y) with one label array and no sample weights "
+                             f"(as model.fit); these batches have {parts} part(s)")
+    shape = spec[1].shape
+    if shape.rank is None or shape.rank > 2:
+        raise FitOptionError(f"class_weight needs one class per example: labels of shape {shape} (sparse "
+                             "(batch,) or (batch, 1), or one-hot (batch, classes))")
 
 
 def _weigh(class_weight: dict):
@@ -99,19 +114,12 @@ def _weigh(class_weight: dict):
     size = max(class_weight) + 1
     table = tf.constant([class_weight.get(c, 1.0) for c in range(size)], dtype=keras.backend.floatx())
 
-    def weigh(*batch):
-        if len(batch) != 2 or isinstance(batch[1], (dict, tuple, list)):
-            raise FitOptionError("class_weight needs batches (x, y) with one label array and no sample "
-                                 f"weights (as model.fit); these batches have {len(batch)} part(s)")
-        x, y = batch
-        if y.shape.rank >= 2 and y.shape[-1] != 1:
+    def weigh(x, y):
+        if y.shape.rank == 2 and y.shape[-1] != 1:
             classes = tf.argmax(y, axis=-1, output_type=tf.int32)
         else:
-            labels = tf.squeeze(y, axis=-1) if y.shape.rank >= 2 else y
+            labels = tf.reshape(y, [-1])
             classes = tf.cast(tf.round(tf.cast(labels, tf.float64)), tf.int32)
-        if classes.shape.rank != 1:
-            raise FitOptionError(f"class_weight needs one class per example; labels of shape {y.shape} give "
-                                 f"classes of shape {classes.shape}")
         known = (classes >= 0) & (classes < size)
         weights = tf.where(known, tf.gather(table, tf.clip_by_value(classes, 0, size - 1)), tf.ones_like(table[0]))
         return x, y, weights
