@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
+
 from tests import helpers
 
 VAE = ["--job", "tests/vae_job.py", "--epochs", "3", "--no-tensorboard", "--no-export"]
@@ -35,13 +37,16 @@ def test_trainer_fit_equals_model_fit(tmp_path):
     assert split["exit_code"] == 0 and split["weights_equal_fit"]
     assert split["our_history"] == split["fit_history"] and len(split["fit_history"]["val_loss"]) == 2
 
-    vae = out["vae"]
+    vae = out["vae"]  # the keras.io VAE through job=..., callbacks=[...]
     assert vae["exit_code"] == 0
-    assert vae["our_history"] == vae["fit_history"] and vae["fit_history"].keys() == VAE_LOGS
-
-    job = out["job_callbacks"]
-    assert job["exit_code"] == 0
-    assert job["seen"] == ["batch", "batch", "epoch 0 kl_loss,loss,reconstruction_loss"]
+    assert vae["our_history"].keys() == vae["fit_history"].keys() == VAE_LOGS
+    # Values to float32 rounding, not bitwise: model.fit's own reported VAE `loss` was once seen 1 ulp
+    # away (543.41119 vs 543.41125) between identical runs of this script on a loaded 2-core machine
+    # (the reconstruction and KL terms equal); the classifier above is compared bitwise.
+    for key, values in vae["fit_history"].items():
+        assert np.allclose(vae["our_history"][key], values, rtol=2e-7, atol=0), key
+    assert vae["callbacks_saw"] == [seen for epoch in (0, 1) for seen in
+                                    ("batch", "batch", f"epoch {epoch} kl_loss,loss,reconstruction_loss")]
 
 
 def _history(run_dir) -> list[dict]:

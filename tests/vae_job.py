@@ -31,6 +31,7 @@ EPOCHS = 3
 class Settings:
     examples: int = 256
     batch_size: int = 32
+    shuffle: bool = True
     term_at_step: int | None = setting(None, may_change=True, help="SIGTERM this process during this global step")
 
 
@@ -141,7 +142,7 @@ def build_model(s: Settings) -> keras.Model:
 
 
 def build_data(s: Settings):
-    return trainer.ArrayData(images(s), batch_size=s.batch_size)
+    return trainer.ArrayData(images(s), batch_size=s.batch_size, shuffle=s.shuffle)
 
 
 def callbacks(s: Settings):
