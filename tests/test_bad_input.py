@@ -170,6 +170,8 @@ BAD_JOBS = {
         ", batch_size=8)", ")"), "must be trainer.ArrayData, trainer.EpochBatches"),
     "build_data raises": (GOOD_JOB.replace("def build_data():\n", "def build_data():\n    1 / 0\n"),
                           "build_data failed (ZeroDivisionError"),
+    "bad fit_kwargs": (GOOD_JOB + "def fit_kwargs():\n    return {'validation_freq': 0}\n",
+                       "fit_kwargs: validation_freq must be a positive integer"),
 }
 
 

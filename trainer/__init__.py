@@ -4,7 +4,7 @@ your own job (model + data) on one machine or many.
 
 The public API (importing it loads TensorFlow only when first used):
 
-* ``fit(run_dir, job=... | model=..., data=...)``: train or resume, return a ``Result``
+* ``fit(run_dir, job=... | model=..., x=..., y=..., ... | model=..., data=...)``: ``model.fit``, resumable; returns a ``Result``
 * ``ArrayData``, ``EpochBatches``: training data that resumes exactly
 * ``ExampleRandom``: per-example random numbers for augmentation
 * ``setting``: a job setting with help text

@@ -1,10 +1,11 @@
-"""``trainer.fit``: the Python entry point (a notebook, your own script).
+"""``trainer.fit``: the Python entry point (a notebook, your own script), read like ``model.fit``.
 
     import trainer
+    result = trainer.fit("runs/mine", model=build_model, x=x, y=y, batch_size=64, epochs=5,
+                         validation_data=(vx, vy), class_weight={0: 1.0, 1: 5.0}, callbacks=[...])
     result = trainer.fit("runs/digits", job="jobs/digits.py", settings={"dropout": 0.3}, epochs=20)
-    result = trainer.fit("runs/mine", model=build_model, data=trainer.ArrayData(x, y, batch_size=64),
-                         epochs=5)
-    print(result.exit_code, result.final_metrics, result.history[-1])
+    result = trainer.fit("runs/own", model=build_model, data=trainer.ArrayData(x, y, batch_size=64), epochs=5)
+    print(result.exit_code, result.final_metrics, result.keras_history["loss"])
 
 Same guarantees as the command line: calling it again with the same run dir
 resumes exactly; ctrl+c (SIGINT) or SIGTERM commits a checkpoint at the next
@@ -14,42 +15,134 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import types
 
+import numpy as np
+
 from . import job as job_mod
 from .config import ConfigError, TrainConfig
+from .data import ArrayData
 from .run import Result, train
 from .signals import StopRequest
 
+FIT_DEFAULT_BATCH_SIZE = 32  # model.fit's, when x is arrays and no batch_size is given
 
-def fit(run_dir: str, job=None, *, model=None, data=None, callbacks=None, epochs: int | None = None,
-        preset: str | None = None, settings=None, fresh: bool = False, **options) -> Result:
-    """Train or resume the run in ``run_dir``.
+# model.fit arguments with no meaning for a run that resumes itself, and what to do instead
+NOT_TAKEN = {
+    "initial_epoch": "a run dir knows where it stopped: call trainer.fit again with the same run dir",
+    "steps_per_epoch": "give the data its epoch length: trainer.EpochBatches(batches, steps_per_epoch=N)",
+    "validation_steps": "give validation data of the length to evaluate",
+}
 
-    ``job``: a job file path, a module name, an imported module, or None for the
-    default job; or give ``model`` (a compiled keras.Model, or a function that
-    builds one) and ``data`` (what a job's ``build_data`` returns) instead.
-    ``settings``: the job's settings (a dict or a Settings instance); ``options``:
-    any TrainConfig field (``save_every_steps=50``, ``quiet=True``, ...).
+
+def fit(run_dir: str, job=None, *, model=None, x=None, y=None, batch_size: int | None = None,
+        epochs: int | None = None, verbose=None, callbacks=None, validation_split: float = 0.0,
+        validation_data=None, shuffle: bool = True, class_weight: dict | None = None, sample_weight=None,
+        validation_batch_size: int | None = None, validation_freq=None, data=None, preset: str | None = None,
+        settings=None, fresh: bool = False, **options) -> Result:
+    """Train or resume the run in ``run_dir``, taking ``model.fit``'s arguments.
+
+    ``model``: a compiled keras.Model, or a function that builds one (build it inside
+    the function for an exact resume in a new process). ``x``, ``y``, ``sample_weight``,
+    ``batch_size``, ``shuffle``, ``validation_data``, ``validation_split``,
+    ``validation_batch_size``, ``class_weight``, ``validation_freq``, ``callbacks``,
+    ``epochs``: as for ``model.fit`` (arrays become :class:`trainer.ArrayData`; a
+    ``tf.data.Dataset`` or ``keras.utils.PyDataset`` as ``x`` is used as is).
+    ``data``: instead of ``x``..., what a job's ``build_data`` returns.
+    ``job``: a job file path, a module name, an imported module (or None for the
+    default job) instead of ``model``; ``settings``: its settings (a dict or a
+    Settings instance); ``callbacks``, ``class_weight`` and ``validation_freq`` apply
+    to it too. ``verbose=0`` is ``quiet=True``; ``options``: any TrainConfig field
+    (``save_every_steps=50``, ``log_every_steps=1``, ...).
     """
-    if model is not None or data is not None:
-        if job is not None or model is None or data is None:
-            raise ValueError("give either job=..., or both model=... and data=...")
-        loaded = job_mod.from_callables(model, data, callbacks)
-    elif isinstance(job, types.ModuleType):
-        loaded = job_mod.from_module(job, job.__name__)
+    refused = sorted(set(options) & set(NOT_TAKEN))
+    if refused:
+        raise TypeError("trainer.fit does not take " + "; ".join(f"{k} ({NOT_TAKEN[k]})" for k in refused))
+    array_args = {"x": x, "y": y, "sample_weight": sample_weight, "batch_size": batch_size,
+                  "validation_data": validation_data, "validation_split": validation_split or None,
+                  "validation_batch_size": validation_batch_size}
+    given = [k for k, v in array_args.items() if v is not None]
+    if job is not None:
+        if model is not None or data is not None or given:
+            raise ValueError(f"give either job=..., or model=... with its data, not both "
+                             f"(got job and {', '.join(['model'] * (model is not None) + given)})")
+        loaded = job_mod.from_module(job, job.__name__) if isinstance(job, types.ModuleType) else job_mod.load(job)
+    elif model is not None or data is not None or given:
+        if model is None or (data is None) == (x is None) or (data is not None and given):
+            raise ValueError("give model=... and its data: either x=... (with y, batch_size, validation_data, "
+                             "... as for model.fit) or data=... (what a job's build_data returns)")
+        loaded = job_mod.from_callables(model, data if data is not None else _data_from_arrays(
+            x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size))
     else:
-        loaded = job_mod.load(job)
+        loaded = job_mod.load(None)
+    loaded.extra_callbacks = list(callbacks or [])
+    loaded.fit_overrides = {k: v for k, v in (("class_weight", class_weight), ("validation_freq", validation_freq))
+                            if v is not None}
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
         settings = dataclasses.asdict(settings)
     _, preset_epochs = loaded.choose(preset, dict(settings or {}))
     epochs = epochs or preset_epochs
     if epochs is None:
         raise ConfigError("epochs", "no number of epochs given", "pass epochs=N")
+    if verbose == 0:
+        options.setdefault("quiet", True)
     cfg = TrainConfig(run_dir, epochs=epochs, **options)
     if not logging.getLogger().handlers:
         from .cli import setup_logging
         setup_logging()
     in_main = threading.current_thread() is threading.main_thread()
     return train(cfg, loaded, fresh=fresh, stop=StopRequest() if in_main else StopRequest(signals=()))
+
+
+def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data, validation_split,
+                      validation_batch_size):
+    """``model.fit``'s data arguments as a job's data: (training, validation)."""
+    import keras
+    import tensorflow as tf
+    validation_batch_size = validation_batch_size or batch_size or FIT_DEFAULT_BATCH_SIZE
+    if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
+        extra = [k for k, v in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size),
+                                ("validation_split", validation_split or None)) if v is not None]
+        if extra:
+            raise ValueError(f"x is a {type(x).__name__}: it brings its own labels and batches, so "
+                             f"{', '.join(extra)} cannot be given (as with model.fit)")
+        train_data = x
+    else:
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle must be True or False for arrays, got {shuffle!r}")
+        arrays = (x, y, sample_weight)
+        if validation_split and validation_data is None:
+            arrays, held_out = _split(arrays, validation_split)
+            validation_data = ArrayData(*held_out, batch_size=validation_batch_size, shuffle=False)
+        train_data = ArrayData(*arrays, batch_size=batch_size or FIT_DEFAULT_BATCH_SIZE, shuffle=shuffle)
+    return train_data, _validation(validation_data, validation_batch_size)
+
+
+def _validation(value, batch_size: int):
+    """``validation_data`` arrays ``(x_val, y_val[, val_sample_weight])`` as ArrayData; anything else as is."""
+    import tensorflow as tf
+    if not isinstance(value, (tuple, list)) or not value or isinstance(value[0], tf.data.Dataset):
+        return value
+    if not 2 <= len(value) <= 3:
+        raise ValueError("validation_data must be (x_val, y_val) or (x_val, y_val, val_sample_weight), as for "
+                         f"model.fit; got {len(value)} items")
+    return ArrayData(*value, batch_size=batch_size, shuffle=False)
+
+
+def _split(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:
+    """``model.fit``'s ``validation_split`` (Keras's ``train_validation_split``): the last
+    fraction of the arrays, before any shuffling, becomes the validation data."""
+    import tensorflow as tf
+    if not 0 < validation_split < 1:
+        raise ValueError(f"validation_split must be between 0 and 1, got {validation_split!r}")
+    size = len(tf.nest.flatten(arrays[0])[0])
+    split_at = int(math.floor(size * (1.0 - validation_split)))
+    if split_at in (0, size):
+        raise ValueError(f"validation_split={validation_split} of {size} examples leaves no training or no "
+                         "validation examples")
+
+    def part(start: int, end: int) -> tuple:
+        return tuple(None if a is None else tf.nest.map_structure(lambda t: t[start:end], a) for a in arrays)
+    return part(0, split_at), part(split_at, size)

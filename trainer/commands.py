@@ -10,7 +10,7 @@ import json
 
 from . import exitcodes, lr_override
 from .checkpoints_index import DIR, UnknownCheckpoint, committed_manifests, resolve
-from .monitor import HISTORY_JSON
+from .monitor import HISTORY_JSON, RECORD_FIELDS
 from .storage import Storage, StorageError
 
 
@@ -115,8 +115,7 @@ def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> i
     last = info["last_epoch"]
     if last:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
-                            if k not in ("epoch", "global_step", "lr", "wall_time", "finished_at")
-                            and isinstance(v, float))
+                            if k not in RECORD_FIELDS and isinstance(v, float))
         print(f"last epoch:       {last['epoch']}: {metrics}")
     print(f"resumes:          {info['resumes']}; lr changes: {len(info['lr_changes'])}; "
           f"rollbacks: {len(info['rollbacks'])}")

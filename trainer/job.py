@@ -9,6 +9,7 @@ A job is a Python file (anywhere) or an importable module with:
     a preset may also set ``epochs``
 ``EPOCHS``   optional default for ``--epochs``
 ``callbacks(settings) -> list[keras.callbacks.Callback]``   optional
+``fit_kwargs(settings) -> dict``   optional ``model.fit`` arguments: ``class_weight``, ``validation_freq``
 
 Settings change the model or the data order unless declared with
 ``trainer.setting(..., may_change=True)``, so a run refuses to resume with
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import fit_options as fit_mod
 from . import settings as settings_mod
 
 DEFAULT_JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "fashion_mnist.py")
@@ -49,7 +51,11 @@ class Job:
     default_preset: str | None = None
     default_epochs: int | None = None
     make_callbacks: Callable | None = None
+    make_fit_kwargs: Callable | None = None
+    extra_callbacks: list = field(default_factory=list)  # given to trainer.fit(callbacks=...)
     settings: Any = None           # the instance, once chosen
+    fit_overrides: dict = field(default_factory=dict)    # fit arguments given to trainer.fit
+    _fit: fit_mod.FitOptions | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -58,6 +64,7 @@ class Job:
     def choose(self, preset: str | None, values: dict) -> tuple[Any, int | None]:
         """Settings from the dataclass defaults, then the preset, then ``values``; and the
         preset's epochs (or the job's EPOCHS)."""
+        self._fit = None  # (fit_kwargs may depend on the settings)
         chosen = dict(self._preset(preset))
         epochs = chosen.pop("epochs", self.default_epochs)
         chosen.update({k: v for k, v in values.items() if v is not None})
@@ -80,15 +87,32 @@ class Job:
         return self.presets[name]
 
     def call(self, fn_name: str):
-        fn = getattr(self, fn_name) if fn_name != "callbacks" else self.make_callbacks
+        fn = {"callbacks": self.make_callbacks, "fit_kwargs": self.make_fit_kwargs}.get(fn_name) \
+            or getattr(self, fn_name)
         return fn(self.settings) if _takes_argument(fn) else fn()
+
+    def fit_options(self) -> fit_mod.FitOptions:
+        """The job's ``fit_kwargs(settings)`` with ``trainer.fit``'s arguments over them, checked (once
+        the settings are chosen)."""
+        if self._fit is None:
+            kwargs = {}
+            if self.make_fit_kwargs:
+                try:
+                    kwargs = self.call("fit_kwargs")
+                except Exception as exc:
+                    raise JobError(f"job {self.label}: fit_kwargs failed: {_last_frame(exc)}") from exc
+            if isinstance(kwargs, dict):
+                kwargs = {**kwargs, **self.fit_overrides}
+            self._fit = fit_mod.from_kwargs(kwargs, f"job {self.label}: fit_kwargs")
+        return self._fit
 
     def settings_json(self) -> dict:
         return settings_mod.to_json(self.settings) if self.settings is not None else {}
 
     def identity(self) -> dict:
         return {"job": self.name,
-                "settings": settings_mod.identity(self.settings) if self.settings is not None else {}}
+                "settings": settings_mod.identity(self.settings) if self.settings is not None else {},
+                **self.fit_options().identity()}
 
 
 def _takes_argument(fn) -> bool:
@@ -175,15 +199,15 @@ def from_module(module, name: str) -> Job:
     epochs = getattr(module, "EPOCHS", None)
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise JobError(f"job {label}: EPOCHS must be a positive integer, got {epochs!r}")
-    make_callbacks = getattr(module, "callbacks", None)
+    make_callbacks, make_fit_kwargs = getattr(module, "callbacks", None), getattr(module, "fit_kwargs", None)
     return Job(name, module.build_model, module.build_data, settings_cls, presets, default_preset, epochs,
-               make_callbacks if callable(make_callbacks) else None)
+               make_callbacks if callable(make_callbacks) else None,
+               make_fit_kwargs if callable(make_fit_kwargs) else None)
 
 
-def from_callables(model, data, callbacks=None, name: str | None = None) -> Job:
+def from_callables(model, data, name: str | None = None) -> Job:
     """A job for ``trainer.fit(model=..., data=...)``: a model (or a function building one) and data."""
     build_model = model if callable(model) and not hasattr(model, "fit") else (lambda: model)
     build_data = data if callable(data) else (lambda: data)
-    make_callbacks = (lambda: list(callbacks)) if callbacks else None
     label = name or f"python:{getattr(model, 'name', getattr(model, '__name__', 'model'))}"
-    return Job(label, build_model, build_data, make_callbacks=make_callbacks)
+    return Job(label, build_model, build_data)

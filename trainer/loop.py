@@ -65,6 +65,7 @@ class Loop:
     history: HistoryWriter | None  # the chief writes history.json/png
     callbacks: keras.callbacks.CallbackList | None = None
     callback_states: CallbackStates | None = None  # what the callbacks resume with (with ``callbacks``)
+    validation_freq: int | tuple = 1  # as model.fit's: every N epochs, or the listed (1-based) epochs
 
     def __post_init__(self):
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
@@ -98,13 +99,13 @@ class Loop:
         strategy, model = self.strategy, self.model
 
         def one_step(data):
-            strategy.run(model.test_step, args=(data,))
+            return _first_local(strategy, strategy.run(model.test_step, args=(data,)))
         if not model.run_eagerly:
             one_step = tf.function(one_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
 
         @tf.function(reduce_retracing=True)
         def test(iterator):
-            one_step(next(iterator))
+            return one_step(next(iterator))
         return test
 
     def _iterator(self, source, epoch: int, start_step: int, training: bool):
@@ -139,6 +140,7 @@ class Loop:
         self.progress.epoch_begin(epoch)
         # (a stop after an epoch's last step resumes with no step left: straight to the epoch's end)
         iterator = self._iterator(self.train, epoch, start, training=True) if start < steps else None
+        logs = None  # the last step's logs, as train_step returned them
         for step in range(start, steps):
             if self._batch_hooks:
                 cbs.on_train_batch_begin(step)
@@ -146,10 +148,10 @@ class Loop:
             if self._batch_hooks:
                 cbs.on_train_batch_end(step, logs)
             self.progress.step(logs)
-            self._boundary(decided, steps)
+            self._boundary(decided, steps, logs)
             if model.stop_training:
                 break
-        return self._end_epoch(epoch)
+        return self._end_epoch(epoch, logs)
 
     def _step(self, iterator):
         """One step; (its logs, what every process does at the boundary after it)."""
@@ -175,11 +177,13 @@ class Loop:
         return Decisions(stop=self.stop.signum, save=self.saver.time_due(), lr=req.value if req else None,
                          requests=[req] if req else [])
 
-    def _boundary(self, decided: Decisions, steps: int) -> None:
+    def _boundary(self, decided: Decisions, steps: int, logs) -> None:
         state = self.state
         if decided.lr is not None:
             self.steering.apply(decided.lr, decided.requests, self.requests, "live")
         if decided.stop:
+            if state.step_in_epoch == steps:  # the resumed run starts at this epoch's end, without a step
+                state.last_step_logs = _pythonify(logs)
             number = self.saver.save("signal")
             raise Interrupted(decided.stop, number)
         if (self.saver.steps_due() or decided.save) and state.step_in_epoch < steps:
@@ -192,23 +196,27 @@ class Loop:
             late = " (requested after that epoch began)" if due and due[-1].at_epoch < epoch else ""
             self.steering.apply(value, due, self.requests, f"scheduled for epoch {epoch}{late}")
 
-    def _end_epoch(self, epoch: int) -> dict:
+    def _end_epoch(self, epoch: int, step_logs) -> dict:
         state, model, cbs = self.state, self.model, self.callbacks
-        logs = _pythonify(model.get_metrics_result())
-        if self.validation is not None:
+        step_logs = _pythonify(step_logs) if step_logs is not None else state.last_step_logs
+        logs = metrics_or_step_logs(model, step_logs)
+        state.last_step_logs = None
+        if self.validation is not None and _should_validate(epoch, self.validation_freq):
             logs.update({f"val_{k}": v for k, v in self._evaluate().items()})
         stopped_early = model.stop_training
         if stopped_early and state.step_in_epoch < self.train.steps_per_epoch:
             log.warning("a callback stopped training in the middle of epoch %d; the run ends here", epoch + 1)
-        record = {"epoch": epoch + 1, "global_step": state.global_step, "lr": self.saver.current_lr(),
-                  "wall_time": round(self.saver.epoch_seconds(), 3), "finished_at": time.time(), **logs}
+        lr, seconds = self.saver.current_lr(), round(self.saver.epoch_seconds(), 3)
         epoch_hook = getattr(self.train, "on_epoch_end", None)  # a PyDataset's
         if epoch_hook:
             epoch_hook()
         # The callbacks first, as in fit (whose BackupAndRestore saves in on_epoch_end): the
         # epoch-end checkpoint holds what they did (LR lowered, best so far, CSV length, stop).
+        # They get the logs themselves: keys they add (``learning_rate``) are logged, as fit's History does.
         if cbs:
-            cbs.on_epoch_end(epoch, dict(logs))
+            cbs.on_epoch_end(epoch, logs)
+        record = {"epoch": epoch + 1, "global_step": state.global_step, "lr": lr, "wall_time": seconds,
+                  "finished_at": time.time(), **_pythonify(logs)}
         state.history["epochs"].append(record)
         state.epoch += 1
         state.step_in_epoch = 0
@@ -231,21 +239,41 @@ class Loop:
         if cbs:
             cbs.on_test_begin()
         iterator = self._iterator(self.validation, 0, 0, training=False)
+        step_logs = None
         for step in range(self.validation.steps_per_epoch):
             if self._batch_hooks:
                 cbs.on_test_batch_begin(step)
-            self._test_fn(iterator)
+            step_logs = self._test_fn(iterator)
             if self._batch_hooks:
                 cbs.on_test_batch_end(step)
-        logs = _pythonify(model.get_metrics_result())
+        logs = metrics_or_step_logs(model, _pythonify(step_logs))
         if cbs:
             cbs.on_test_end(logs)
         return logs
 
 
+def metrics_or_step_logs(model: keras.Model, step_logs: dict | None) -> dict:
+    """An epoch's logs by ``model.fit``'s rule (Keras's ``_get_metrics_result_or_logs``): the
+    metrics' results when the last step returned exactly their keys (a compiled model's steps
+    do), else what the last step returned (a custom step may name its logs its own way)."""
+    metrics = _pythonify(model.get_metrics_result())
+    if step_logs is None or set(step_logs) == set(metrics):
+        return metrics
+    return dict(step_logs)
+
+
+def _should_validate(epoch: int, validation_freq) -> bool:
+    """``model.fit``'s rule for the 0-based ``epoch``: every ``validation_freq``-th epoch, or the
+    (1-based) epochs listed."""
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq
+
+
 def _first_local(strategy, outputs):
-    """Step logs as this process's first replica saw them: no collective per step (the
-    epoch's logs are read from the metrics, aggregated over every replica)."""
+    """Step logs as this process's first replica saw them: no collective per step (an epoch's
+    logs come from the metrics, aggregated over every replica, unless the step names its logs
+    its own way: see ``metrics_or_step_logs``)."""
     return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], outputs)
 
 

@@ -51,10 +51,12 @@ class HistoryWriter(LatestOnlyWorker):
         self._done()
 
 
+RECORD_FIELDS = frozenset({"epoch", "global_step", "lr", "wall_time", "finished_at"})  # the rest are logs
+
+
 def metric_names(epochs: list[dict]) -> list[str]:
     """The metrics the epochs record (``loss`` first), without their ``val_`` twins."""
-    skip = {"epoch", "global_step", "lr", "wall_time", "finished_at"}
-    names = {k.removeprefix("val_") for e in epochs for k in e if k not in skip}
+    names = {k.removeprefix("val_") for e in epochs for k in e if k not in RECORD_FIELDS}
     return sorted(names, key=lambda n: (n != "loss", n))
 
 
@@ -65,15 +67,14 @@ def render_png(history: dict) -> bytes:
     from matplotlib.figure import Figure
 
     epochs = history["epochs"]
-    x = [e["epoch"] for e in epochs]
     names = metric_names(epochs)[:4] or ["loss"]
     fig = Figure(figsize=(5.5 * len(names), 4.5), dpi=90)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name in zip(axes, names):
-        for key in (name, f"val_{name}"):
-            ys = [e.get(key) for e in epochs]
-            if any(y is not None for y in ys):
-                ax.plot(x, ys, marker="o", markersize=3, label=key)
+        for key in (name, f"val_{name}"):  # (validation_freq: val_ values only where validated)
+            points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=key)
         for event in history["events"]:
             style = _EVENT_STYLE[event["kind"]]
             ax.axvline(event["position"], **style)

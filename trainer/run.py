@@ -22,6 +22,7 @@ import tensorflow as tf
 from . import data as data_mod
 from . import distribute, exitcodes, export, lr_override, monitor, rollback
 from .callback_state import CallbackStateError, CallbackStates
+from . import fit_options as fit_mod
 from .checkpoints import CheckpointError, CheckpointStore, IncompatibleCheckpoint
 from .config import ConfigError, TrainConfig, dumps
 from .data import DataError
@@ -59,6 +60,17 @@ class Result:
         """One record per epoch (metrics, lr, wall time), across every resume."""
         return list(self.state.history["epochs"]) if self.state else []
 
+    @property
+    def keras_history(self) -> dict[str, list]:
+        """What ``model.fit(...).history`` holds (``keras.callbacks.History.history``): each log's
+        values over the epochs that logged it, across every resume."""
+        out: dict[str, list] = {}
+        for record in self.history:
+            for key, value in record.items():
+                if key not in monitor.RECORD_FIELDS:
+                    out.setdefault(key, []).append(value)
+        return out
+
 
 def open_storage(cfg: TrainConfig) -> Storage:
     return Storage(cfg.run_dir, cfg.storage_options)
@@ -82,7 +94,7 @@ def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, rollback_to: str |
         try:
             return _train(cfg, job, fresh, rollback_to, resume_command, stop)
         except (ConfigError, SettingError, lr_override.OverrideError, JobError, ModelError,
-                rollback.RollbackError, distribute.ClusterError) as exc:
+                rollback.RollbackError, distribute.ClusterError, fit_mod.FitOptionError) as exc:
             log.error("%s", exc)
             return Result(exitcodes.BAD_INPUT)
         except DataError as exc:
@@ -124,8 +136,11 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
             raise JobError(str(exc)) from exc
         if train is None:
             raise JobError(f"job {job.label}: build_data returned no training data")
+        class_weight = job.fit_options().class_weight
+        if class_weight:
+            train = fit_mod.ClassWeighted(train, class_weight)
         model = check_model(_call(job, "build_model"), job.label)
-        groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label)
+        groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}
     for source in (train, validation):
         if source is not None and source.warning:
@@ -280,7 +295,8 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
     loop = Loop(built.model, cluster.strategy, cluster.replicas, built.train, built.validation, cfg.seed,
                 cfg.epochs, state, saver, stop, agreement,
                 Progress(state, steps, cfg.epochs, cfg.quiet, cfg.log_every_steps), steering,
-                requests if chief else None, writers.history, built.callbacks, built.callback_states)
+                requests if chief else None, writers.history, built.callbacks, built.callback_states,
+                validation_freq=job.fit_options().validation_freq)
     try:
         loop.run()
     except Interrupted as exc:
@@ -293,7 +309,7 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
 def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int, chief: bool):
     """The job's Keras callbacks (on every worker, as with model.fit; TensorBoard on the chief),
     called by the loop at the usual hooks."""
-    callbacks = list(_call(job, "callbacks")) if job.make_callbacks else []
+    callbacks = (list(_call(job, "callbacks")) if job.make_callbacks else []) + list(job.extra_callbacks)
     for cb in callbacks:
         if not isinstance(cb, keras.callbacks.Callback):
             raise JobError(f"job {job.label}: callbacks() must return keras.callbacks.Callback objects, "

@@ -34,19 +34,39 @@ def check_model(model, job_label: str) -> keras.Model:
     return model
 
 
-def prepare(model: keras.Model, batch_spec, job_label: str) -> dict:
+def prepare(model: keras.Model, batch_spec, job_label: str, strategy: tf.distribute.Strategy) -> dict:
     """Build the model, its metrics and optimizer slots from ``batch_spec`` (one global batch);
     the variables a checkpoint holds, grouped by owner (add the trainer's state variable)."""
-    sample = tf.nest.map_structure(lambda s: tf.zeros([d or 1 for d in s.shape], s.dtype), batch_spec)
-    if not isinstance(sample, tuple):
-        sample = (sample,)
     try:
-        model._symbolic_build(data_batch=sample)  # noqa: SLF001 - Keras has no public way to do this
+        model._symbolic_build(data_batch=_zeros(batch_spec, as_tuple=True))  # noqa: SLF001 - no public way
     except Exception as exc:  # shape and dtype mismatches surface as many types
-        shapes = tf.nest.map_structure(lambda s: f"{tuple(s.shape)} {s.dtype.name}", batch_spec)
-        raise ModelError(f"job {job_label}: the model does not accept the data: batches are {shapes}; "
-                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from exc
-    model.optimizer.build(model.trainable_variables)
+        _trace_train_step(model, batch_spec, strategy, job_label, exc)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     return {"model": {v.path: v for v in model.variables},
             "optimizer": {v.path: v for v in model.optimizer.variables},
             "metrics": {f"{i}/{v.path}": v for i, v in enumerate(model.metrics_variables)}}
+
+
+def _zeros(batch_spec, as_tuple: bool = False):
+    sample = tf.nest.map_structure(lambda s: tf.zeros([d or 1 for d in s.shape], s.dtype), batch_spec)
+    return (sample,) if as_tuple and not isinstance(sample, tuple) else sample
+
+
+def _trace_train_step(model: keras.Model, batch_spec, strategy, job_label: str, build_error: Exception) -> None:
+    """Create the variables the way ``fit`` does for a model Keras cannot build symbolically (one
+    without ``call``, e.g. a VAE whose ``train_step`` calls its parts): trace its ``train_step``
+    once, without running it. Variables come into being during the trace with their initial
+    values; no step runs, so weights, seed states and optimizer iterations stay as they are."""
+    def step(batch):
+        return strategy.run(model.train_step, args=(batch,))
+    try:
+        tf.function(step).get_concrete_function(batch_spec)
+    except Exception as exc:  # noqa: BLE001 - the model's own code raises anything
+        shapes = tf.nest.map_structure(lambda s: f"{tuple(s.shape)} {s.dtype.name}", batch_spec)
+        raise ModelError(f"job {job_label}: the model does not accept the data: batches are {shapes}; "
+                         f"{_first_line(build_error)}; tracing its train_step: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"

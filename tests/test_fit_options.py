@@ -1,0 +1,73 @@
+"""Unit tests of the fit arguments a job may give: class_weight's per-example weights against
+Keras's own rule, and the checks of class_weight and validation_freq."""
+import numpy as np
+import pytest
+from keras.src.trainers.data_adapters.data_adapter_utils import class_weight_to_sample_weights
+
+from trainer import fit_options
+from trainer.data import SINGLE, ArrayData
+from trainer.loop import _should_validate
+
+WEIGHTS = {0: 0.5, 2: 4.0, 3: 1.25}  # class 1 and classes above 3 are not listed: 1.0
+
+
+def _weights_of(y) -> np.ndarray:
+    x = np.zeros((len(y), 2), np.float32)
+    source = fit_options.ClassWeighted(ArrayData(x, y, batch_size=7, shuffle=False), WEIGHTS)
+    return np.concatenate([w.numpy() for _, _, w in source.dataset(0, 0, 0, SINGLE)])
+
+
+@pytest.mark.parametrize("labels", ["sparse int", "sparse float (n, 1)", "one-hot", "soft labels"])
+def test_class_weight_gives_kerass_sample_weights(labels):
+    classes = np.random.default_rng(0).integers(0, 6, size=30)
+    y = {"sparse int": classes.astype(np.int32),
+         "sparse float (n, 1)": classes.reshape(-1, 1).astype(np.float32),
+         "one-hot": np.eye(6, dtype=np.float32)[classes],
+         "soft labels": np.random.default_rng(1).dirichlet(np.ones(6), size=30).astype(np.float32)}[labels]
+    expected = class_weight_to_sample_weights(y, WEIGHTS)
+    ours = _weights_of(y)
+    assert ours.dtype == expected.dtype and ours.tobytes() == expected.tobytes()
+
+
+def test_class_weight_applies_to_training_batches_only():
+    x, y = np.zeros((4, 2), np.float32), np.array([0, 2, 3, 1], np.int32)
+    source = fit_options.ClassWeighted(ArrayData(x, y, batch_size=4, shuffle=False), WEIGHTS)
+    assert len(next(iter(source.dataset(0, 0, 0, SINGLE, training=False)))) == 2
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"class_weight": {"cat": 1.0}}, "keys must be class ids"),
+    ({"class_weight": {0: float("nan")}}, "class_weight[0] must be a finite number"),
+    ({"class_weight": {}}, "non-empty dict"),
+    ({"validation_freq": 0}, "validation_freq must be a positive integer"),
+    ({"validation_freq": [1, "2"]}, "validation_freq must be a positive integer"),
+    ({"batch_size": 32}, "batch_size cannot be given here"),
+])
+def test_bad_fit_arguments_are_named(kwargs, needle):
+    with pytest.raises(fit_options.FitOptionError, match="job j: fit_kwargs") as err:
+        fit_options.from_kwargs(kwargs, "job j: fit_kwargs")
+    assert needle in str(err.value)
+
+
+def test_validation_freq_picks_the_epochs_fit_validates():
+    assert [e for e in range(9) if _should_validate(e, 3)] == [2, 5, 8]
+    assert [e for e in range(9) if _should_validate(e, fit_options.from_kwargs(
+        {"validation_freq": [1, 4]}, "x").validation_freq)] == [0, 3]
+
+
+def test_only_class_weight_is_identity():
+    assert fit_options.from_kwargs({"class_weight": {1: 2, 0: 1}, "validation_freq": 5}, "x").identity() == \
+        {"class_weight": {"0": 1.0, "1": 2.0}}
+    assert fit_options.FitOptions().identity() == {"class_weight": None}
+
+
+@pytest.mark.parametrize("structure, needle", [
+    ((np.zeros((4, 2), np.float32), np.zeros(4, np.int32), np.ones(4, np.float32)), "have 3 part(s)"),
+    ((np.zeros((4, 2), np.float32),), "have 1 part(s)"),
+    ((np.zeros((4, 2), np.float32), np.zeros((4, 3, 2), np.float32)), "one class per example"),
+])
+def test_class_weight_refuses_batches_fit_refuses(structure, needle):
+    source = fit_options.ClassWeighted(ArrayData(*structure, batch_size=2), WEIGHTS)
+    with pytest.raises(fit_options.FitOptionError) as err:
+        source.dataset(0, 0, 0, SINGLE)
+    assert needle in str(err.value)
