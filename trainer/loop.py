@@ -215,8 +215,9 @@ class Loop:
         # They get the logs themselves: keys they add (``learning_rate``) are logged, as fit's History does.
         if cbs:
             cbs.on_epoch_end(epoch, logs)
+            logs = _pythonify(logs)
         record = {"epoch": epoch + 1, "global_step": state.global_step, "lr": lr, "wall_time": seconds,
-                  "finished_at": time.time(), **_pythonify(logs)}
+                  "finished_at": time.time(), **logs}
         state.history["epochs"].append(record)
         state.epoch += 1
         state.step_in_epoch = 0
