@@ -103,25 +103,34 @@ def _shadow(var, on_device: bool) -> tf.Variable:
 
 
 HOST = "/device:CPU:0"
-REPLICA_PARTS = "replica_parts"  # a checkpoint group: each replica's part of the summed metrics
+REPLICA_PARTS = "replica_parts"  # a checkpoint group: each replica's own value of the variables below
 
 
 def _part(key: str, replica: int) -> str:
     return f"{key}#{replica}"
 
 
-def _replica_parts(summed) -> dict:
-    """Each replica's component of the summed on-read variables, when this process holds them
-    all (one process, MirroredStrategy); saved beside the totals that tf.distribute saves."""
-    return {_part(key, r): component for key, var in summed
+def _kept_apart(var) -> bool:
+    """A variable whose replicas hold different values: a metric's running total (summed on
+    read), or a non-trainable variable each replica updates alone (BatchNormalization's moving
+    statistics). tf.distribute checkpoints one value for it, the sum or the first replica's."""
+    if not isinstance(var, tf.distribute.DistributedValues):
+        return False
+    if getattr(var, "synchronization", None) == tf.VariableSynchronization.ON_READ:
+        return True
+    return not var.trainable and getattr(var, "aggregation", None) == tf.VariableAggregation.NONE
+
+
+def _summed(var) -> bool:
+    return getattr(var, "aggregation", None) == tf.VariableAggregation.SUM
+
+
+def _replica_parts(apart) -> dict:
+    """Each replica's own value of the variables kept apart, when this process holds every
+    replica (one process, MirroredStrategy); saved beside what tf.distribute saves."""
+    return {_part(key, r): component for key, var in apart
             if len(var.values) == var.distribute_strategy.num_replicas_in_sync
             for r, component in enumerate(var.values)}
-
-
-def _summed_on_read(var) -> bool:
-    return (isinstance(var, tf.distribute.DistributedValues)
-            and getattr(var, "synchronization", None) == tf.VariableSynchronization.ON_READ
-            and getattr(var, "aggregation", None) == tf.VariableAggregation.SUM)
 
 
 def _primary_device(var) -> str:
@@ -151,10 +160,10 @@ class CheckpointStore:
         self.checkpoint = tf.train.Checkpoint(**groups)  # restores into the live variables
         self.expected_shapes = {checkpoint_key(g, p): tuple(v.shape)
                                 for g, vs in groups.items() for p, v in vs.items()}
-        self._summed = [(checkpoint_key(g, p), _value(v)) for g, vs in groups.items() for p, v in vs.items()
-                        if _summed_on_read(_value(v))]
+        self._apart = [(checkpoint_key(g, p), _value(v)) for g, vs in groups.items() for p, v in vs.items()
+                       if _kept_apart(_value(v))]
         self._holds_replica_zero = holds_replica_zero
-        parts = _replica_parts(self._summed)
+        parts = _replica_parts(self._apart)
         saved = {**groups, REPLICA_PARTS: parts} if parts else groups
         shadow = {g: {p: _shadow(v, on_device) for p, v in vs.items()} for g, vs in saved.items()}
         pairs = [(shadow[g][p], _value(v)) for g, vs in saved.items() for p, v in vs.items()]
@@ -347,26 +356,30 @@ class CheckpointStore:
         manifest = self._verify(number)
         prefix = os.path.join(self.local_dir, manifest["prefix"])
         self.checkpoint.restore(prefix).expect_partial()
-        self._restore_sums(prefix)
+        self._restore_parts(prefix)
         return manifest
 
-    def _restore_sums(self, prefix: str) -> None:
-        """Give each replica back its own part of a summed on-read variable (a metric's running
-        total under several replicas), so that a resumed epoch adds up its metrics in the same
-        order as the uninterrupted run. tf.distribute would restore total / replicas on every
-        replica. Where the parts were saved with another replica count (or live in other
-        processes), the whole total goes to replica 0: the sum is kept, not its last bits."""
-        if not self._summed:
+    def _restore_parts(self, prefix: str) -> None:
+        """Give each replica back its own value of the variables kept apart, so that a resumed
+        run's replicas go on exactly as the uninterrupted run's: a resumed epoch adds up its
+        metrics in the same order, each replica evaluates with its own moving statistics.
+        tf.distribute restores the saved value on every replica (a sum divided by the replica
+        count). Where the parts were saved with another replica count, or live in other
+        processes, a sum goes whole to replica 0 (the total is kept, not its last bits) and
+        the rest is left as tf.distribute restored it."""
+        if not self._apart:
             return
         reader = tf.train.load_checkpoint(prefix)
-        for key, var in self._summed:
+        for key, var in self._apart:
             parts = [checkpoint_key(REPLICA_PARTS, _part(key, r)) for r in range(len(var.values) + 1)]
             if all(reader.has_tensor(k) for k in parts[:-1]) and not reader.has_tensor(parts[-1]):
                 values = [reader.get_tensor(k) for k in parts[:-1]]
-            else:
+            elif _summed(var):
                 total = reader.get_tensor(key)
                 values = [total if i == 0 and self._holds_replica_zero else np.zeros_like(total)
                           for i in range(len(var.values))]
+            else:
+                continue
             for component, value in zip(var.values, values):
                 component.assign(value)
 
