@@ -1,6 +1,6 @@
 """The package installs whole: a wheel built from the repo, installed into a fresh virtual
 environment and run from a folder outside the repo, trains the default job, lists the
-example jobs at paths inside that environment and runs a copied one.
+example jobs at paths inside that environment and loads a copied one.
 
 The venv sees the system's packages (TensorFlow is not downloaded again) and the wheel is
 installed without dependencies; the test asserts that ``trainer`` itself is imported from the
@@ -72,13 +72,23 @@ def test_wheel_trains_the_default_job_and_a_copied_template_outside_the_repo(ins
     result = _run([trainer, "train", "--run-dir", "runs/x", *tiny], work)
     assert "job fashion_mnist:" in result.stderr and "learning rate 0.05 -> 0.02" in result.stderr, result.stderr
     assert "training complete: 1 epochs, global step 8" in result.stdout
-    assert json.loads((work / "runs" / "x" / "config.json").read_text())["job"] == "fashion_mnist"
+    config_file = work / "runs" / "x" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["job"] == config["identity"]["job"] == "fashion_mnist"
     assert (work / "runs" / "x" / "model.keras").is_file()
 
+    # runs started before the examples had names recorded the file's path: still the same job
     listed = json.loads(_run([trainer, "jobs", "--json"], work).stdout)
+    config["job"] = config["identity"]["job"] = listed[0]["path"]
+    config_file.write_text(json.dumps(config))
+    again = _run([trainer, "train", "--run-dir", "runs/x", *tiny], work)
+    assert "training already complete" in again.stdout, again.stderr
+    assert json.loads(config_file.read_text())["job"] == "fashion_mnist"
+
     template = work / "mine"
     template.mkdir()
     for path in [listed[0]["path"], *listed[0]["needs"]]:
         shutil.copy(path, template)
     own = _run([trainer, "train", "--job", "mine/fashion_mnist.py", "--help"], work)
     assert "settings of mine/fashion_mnist.py" in own.stdout and "--train-size" in own.stdout
+
