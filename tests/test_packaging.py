@@ -1,6 +1,7 @@
 """The package installs whole: a wheel built from the repo, installed into a fresh virtual
 environment and run from a folder outside the repo, trains the default job, lists the
-example jobs at paths inside that environment and loads a copied one.
+example jobs at paths inside that environment and loads a copied one; an editable
+install finds them in the checkout.
 
 The venv sees the system's packages (TensorFlow is not downloaded again) and the wheel is
 installed without dependencies; the test asserts that ``trainer`` itself is imported from the
@@ -27,26 +28,46 @@ def _run(cmd, cwd, **kw):
     return result
 
 
+def _copy_sources(target):
+    """The files a build reads, copied: building writes build/ and *.egg-info beside them."""
+    target.mkdir()
+    for name in SOURCES:
+        if (helpers.ROOT / name).is_dir():
+            shutil.copytree(helpers.ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(helpers.ROOT / name, target / name)
+    return target
+
+
+def _venv_with(base, *install_args):
+    """A fresh venv (seeing the system's packages) with ``pip install --no-deps <install_args>``."""
+    env_dir = base / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    _run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install", "--no-deps",
+          *install_args], cwd=base)
+    work = base / "work"
+    work.mkdir()
+    return env_dir, work
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(venv folder, a work folder outside the repo) with the wheel of this checkout installed."""
     base = tmp_path_factory.mktemp("wheel")
-    source = base / "source"  # a copy: building writes build/ and *.egg-info beside the sources
-    source.mkdir()
-    for name in SOURCES:
-        copy = shutil.copytree if (helpers.ROOT / name).is_dir() else shutil.copy
-        copy(helpers.ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                    if copy is shutil.copytree else {}))
+    source = _copy_sources(base / "source")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(base / "dist"),
           str(source)], cwd=base)
     wheel, = (base / "dist").glob("keras_resume-*.whl")
-    env_dir = base / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    _run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install", "--no-deps",
-          str(wheel)], cwd=base)
-    work = base / "work"
-    work.mkdir()
-    return env_dir, work
+    return _venv_with(base, str(wheel))
+
+
+def test_editable_install_finds_the_example_jobs_in_the_checkout(tmp_path):
+    source = _copy_sources(tmp_path / "checkout")
+    env_dir, work = _venv_with(tmp_path, "--no-build-isolation", "-e", str(source))
+    listed = json.loads(_run([str(env_dir / "bin" / "trainer"), "jobs", "--json"], work).stdout)
+    assert [j["path"] for j in listed] == [str(source / "jobs" / f"{name}.py") for name in ("fashion_mnist", "digits")]
+    where = _run([str(env_dir / "bin" / "python"), "-c", "import trainer.jobs; print(trainer.jobs.__file__)"], work)
+    assert where.stdout.strip() == str(source / "jobs" / "__init__.py")
 
 
 def test_wheel_lists_its_example_jobs_inside_the_venv(installed):
