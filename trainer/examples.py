@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import exitcodes
+
 DEFAULT = "fashion_mnist"
 _JOB_FUNCTIONS = {"build_model", "build_data"}
 
@@ -33,7 +35,7 @@ def folder() -> Path | None:
     installed = package / "jobs"
     if installed.is_dir():
         return installed
-    checkout = package.parent / "jobs"
+    checkout = package.parent / "jobs"  # only in a checkout: site-packages/jobs would be another package's
     if (package.parent / "pyproject.toml").is_file() and checkout.is_dir():
         return checkout
     return None
@@ -84,7 +86,6 @@ def _siblings_imported(tree: ast.Module, where: Path) -> tuple[Path, ...]:
 
 def show(as_json: bool = False) -> int:
     """``trainer jobs``: the example jobs, their files and what to copy with them."""
-    from . import exitcodes
     examples = all_examples()
     if not examples:
         print("error: the example jobs are not installed (expected trainer/jobs/ in the package, or jobs/ beside "
