@@ -153,9 +153,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
         log.info("%s", cluster.role())  # (after reclaim: a test may signal us on this line)
     chief = cluster.is_chief
     storage = open_storage(cfg)
-    rundir.for_training(storage)
-    if storage.is_remote:
-        storage.probe()
+    rundir.for_training(storage)  # probes a remote store
     requests = LrRequests(storage, cfg.lr_poll_seconds)
     requests.refresh()  # a malformed request file stops us before anything is touched
     if not fresh:

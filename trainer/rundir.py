@@ -9,8 +9,8 @@ path and what was expected: exit code 2 for a wrong path (a file, another
 program's folder, a URL without a bucket), 5 when the path is right but
 cannot be read or written (see ``trainer.exitcodes``).
 
-Local paths are checked on the file system; URLs only by their form here
-(``train`` probes the store itself, the other commands list it).
+Local paths are checked on the file system; URLs by their form, then by
+listing them (``train`` and ``lr --create`` probe the store first).
 """
 from __future__ import annotations
 
@@ -56,7 +56,11 @@ def precheck_training(run_dir: str) -> None:
 
 
 def for_training(storage: Storage) -> None:
-    """``train``: a new or empty place, or a run (the trainer's own files count as one)."""
+    """``train``: a new or empty place, or a run (the trainer's own files count as one). A store
+    is probed first: that fails fast, with a hint, on a missing bucket, credentials or endpoint."""
+    if storage.is_remote:
+        _check_url(storage.root)
+        storage.probe()
     names = _entries(storage)
     foreign = [n for n in names if not is_own(n)]
     if foreign and not any(n in RUN_MARKERS for n in names):
@@ -68,6 +72,8 @@ def for_training(storage: Storage) -> None:
 
 def for_reading(storage: Storage, command: str, hint: str = "") -> None:
     """``status``, ``export``, ``lr``: a run must be there (``hint``: what else to do when none is)."""
+    if storage.is_remote:
+        _check_url(storage.root)
     names = _entries(storage)
     if any(n in RUN_MARKERS for n in names):
         return
@@ -80,10 +86,7 @@ def for_reading(storage: Storage, command: str, hint: str = "") -> None:
 
 
 def _entries(storage: Storage) -> list[str]:
-    if storage.is_remote:
-        _check_url(storage.root)
-        return storage.listdir("")
-    return _local_entries(storage.root)
+    return storage.listdir("") if storage.is_remote else _local_entries(storage.root)
 
 
 def _check_url(url: str) -> None:
