@@ -4,7 +4,9 @@
     python jobs/launch.py --partition gpu -- --job my_job.py --run-dir runs/mine --units 128
     python jobs/launch.py --cluster local --wait -- --run-dir runs/try --preset tiny
 
-Everything after ``--`` is passed to ``python -m trainer train`` (``--job`` included).
+Everything after ``--`` is passed to ``python -m trainer train`` (``--job`` included). An
+installed package runs it as ``python -m trainer.jobs.launch``. A bad run dir is refused
+before anything is submitted (exit code 2, or 5 when it cannot be read or written).
 """
 from __future__ import annotations
 
@@ -13,9 +15,14 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_CHECKOUT, "trainer", "__init__.py")):  # run as a script from a checkout
+    sys.path.insert(0, _CHECKOUT)
 
+from trainer import exitcodes  # noqa: E402
 from trainer.launcher import launch  # noqa: E402
+from trainer.rundir import RunDirError  # noqa: E402
+from trainer.storage import StorageError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,20 +37,25 @@ def main(argv=None) -> int:
     p.add_argument("--gpus", type=int, default=0, help="GPUs per node")
     p.add_argument("--cpus", type=int, default=None, help="CPUs per task")
     p.add_argument("--timeout-min", type=int, default=60, help="time limit of each job allocation")
-    p.add_argument("--signal-delay-s", type=int, default=90,
+    p.add_argument("--signal-delay-seconds", "--signal-delay-s", dest="signal_delay_s", type=int, default=90,
                    help="warning signal this many seconds before the limit (checkpoint lead time)")
     p.add_argument("--max-num-timeout", type=int, default=20, help="requeues on time limit (preemptions: always)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     args = p.parse_args(own)
-    if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in train_args):
-        p.error("give the trainer's arguments after --, including --run-dir")
     params = {"gpus_per_node": args.gpus} if args.gpus else {}
     if args.partition:
         params["slurm_partition"] = args.partition
     if args.cpus:
         params["cpus_per_task"] = args.cpus
-    job = launch(train_args, folder=args.folder, cluster=args.cluster, timeout_min=args.timeout_min,
-                 signal_delay_s=args.signal_delay_s, max_num_timeout=args.max_num_timeout, **params)
+    try:
+        job = launch(train_args, folder=args.folder, cluster=args.cluster, timeout_min=args.timeout_min,
+                     signal_delay_s=args.signal_delay_s, max_num_timeout=args.max_num_timeout, **params)
+    except RunDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.BAD_INPUT
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.STORAGE_ERROR
     print(f"submitted job {job.job_id}; logs: {job.paths.stdout}")
     if args.wait:
         print(json.dumps(job.result()))

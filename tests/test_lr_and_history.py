@@ -116,7 +116,7 @@ def test_scheduled_lr_change_applies_at_that_epochs_first_step_across_an_interru
     gate, run_dir, base = _setup(tmp_path)
     reference = tmp_path / "uninterrupted"
     for target in (run_dir, reference):
-        lr = helpers.run(["lr", str(target), "0.01", "--at-epoch", "2"])
+        lr = helpers.run(["lr", str(target), "0.01", "--at-epoch", "2", "--create"])
         assert lr.returncode == 0 and "applied when epoch 2 begins" in lr.stdout, lr.stdout
     gate.allow(10_000)
     whole = helpers.run([*base[:2], str(reference), *base[3:], "--gate", str(gate.path), "--epochs", "3"])

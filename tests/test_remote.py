@@ -63,7 +63,7 @@ def test_sigterm_then_resume_on_a_new_node_is_bitwise_equal(remote_root, referen
 def test_status_and_lr_override_work_on_remote_run_dirs(s3_run_root, tmp_path):
     url, options = s3_run_root
     opts = ["--storage-options", json.dumps(options)]
-    assert helpers.run(["lr", url, "3e-2", *opts]).returncode == 0
+    assert helpers.run(["lr", url, "3e-2", "--create", *opts]).returncode == 0
     first = helpers.run(_args(url, options, tmp_path / "s") + ["--epochs", "1", "--train-size", "256"])
     assert first.returncode == 0, first.stderr
     assert "learning rate 0.05 -> 0.03" in first.stderr

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 
-DIR = "checkpoints"
+from .rundir import CHECKPOINTS_DIR as DIR
+
 MARKER = ".commit.json"
 MILESTONE = ".milestone"
 CORRUPT = ".corrupt.json"

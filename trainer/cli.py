@@ -1,4 +1,4 @@
-"""Command line: ``python -m trainer {train,lr,status,export}`` (or the ``trainer`` script).
+"""Command line: ``python -m trainer {train,lr,status,export,jobs}`` (or the ``trainer`` script).
 
 The only place that parses flags. ``train`` parses in two stages: ``--job``
 first, then the trainer's flags together with the flags generated from the
@@ -14,9 +14,10 @@ import os
 import shlex
 import sys
 
-from . import exitcodes
+from . import exitcodes, rundir
 from .config import ConfigError, TrainConfig
 from .signals import StopRequest, ignore_from_now_on
+from .storage import StorageError
 
 # how this process was started, for usage lines and the printed resume command
 PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
@@ -52,8 +53,9 @@ def train_parser(job=None) -> argparse.ArgumentParser:
     t = argparse.ArgumentParser(prog=f"{PROG} train", description="Start a run, or resume it from its "
                                 "latest checkpoint. Re-running the same command always resumes.")
     t.add_argument("--run-dir", required=True, help="local folder or fsspec URL (gs://, s3://, ...)")
-    t.add_argument("--job", default=None, help="a job file (path/to/job.py) or module (mypkg.jobs.cifar); "
-                                               "default: jobs/fashion_mnist.py")
+    t.add_argument("--job", default=None, help="an example's name (`trainer jobs` lists them), a job file "
+                                               "(path/to/job.py) or a module (mypkg.jobs.cifar); default: "
+                                               "fashion_mnist")
     presets = list(job.presets) if job else []
     t.add_argument("--preset", default=None, choices=presets or None,
                    help=f"the job's named settings ({', '.join(presets) or 'none'}; default: "
@@ -75,9 +77,10 @@ def train_parser(job=None) -> argparse.ArgumentParser:
             ("--keep-every-epochs", int, "keep the checkpoint of every N-th epoch for good (default 5)"),
             ("--lr-poll-seconds", float, "how often a running run looks for `lr` requests (default 10)"),
             ("--log-every-steps", int, "print a STEP line every N steps (for log files)"),
-            ("--staging-dir", str, "local folder for checkpoints of a remote run dir"),
-            ("--flush-timeout-s", float, "seconds a stop waits for uploads (default 20, under SLURM's KillWait)")):
+            ("--staging-dir", str, "local folder for checkpoints of a remote run dir")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
+    t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_s", type=float, default=None,
+                   metavar="T", help="seconds a stop waits for uploads (default 20, under SLURM's KillWait)")
     _add_storage_flag(t)
     t.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
                    help="allow nondeterministic TF ops (faster on some GPUs, resume no longer bitwise exact)")
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("value", help="e.g. 1e-2")
     lr.add_argument("--at-epoch", type=int, default=None, metavar="E",
                     help="apply it when epoch E begins (0-based: after E epochs; queue a schedule in advance)")
+    lr.add_argument("--create", action="store_true",
+                    help="queue it in a path that holds no run yet (applied when a run starts there); "
+                         "without it such a path is refused, so a typo cannot swallow the request")
     _add_storage_flag(lr)
 
     st = sub.add_parser("status", help="show where a run is")
@@ -123,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which checkpoint (default: the newest)")
     _add_storage_flag(ex)
     _add_verbose_flag(ex)
+
+    jobs = sub.add_parser("jobs", help="list the example jobs (names for --job) and their files",
+                          description="The example jobs that come with the package: their names (for "
+                                      "`train --job NAME`) and their files, to copy one as your own job.")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -154,9 +165,12 @@ def parse_train(argv: list[str]):
     from .job import load
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--job", default=None)
+    first.add_argument("--run-dir", default=None)
     first.add_argument("--verbose", action="store_true")
     known, _ = first.parse_known_args(argv)
     setup_logging(known.verbose)
+    if known.run_dir and not {"-h", "--help"} & set(argv):
+        rundir.precheck_training(known.run_dir)  # before the job's slow imports
     job = load(known.job)
     args = train_parser(job).parse_args(argv)
     job_values = {}
@@ -181,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", False))
     log = logging.getLogger("trainer")
     try:
+        if args.command == "jobs":
+            from .examples import show
+            return show(as_json=args.json)
         if args.command == "lr":
             from .commands import set_lr
-            return set_lr(args.run_dir, args.value, _storage_options(args), args.at_epoch)
+            return set_lr(args.run_dir, args.value, _storage_options(args), args.at_epoch, args.create)
         if args.command == "export":
             from .commands import export_model
             return export_model(args.run_dir, args.out, args.source, _storage_options(args))
@@ -208,6 +225,10 @@ def _train_main(argv: list[str]) -> int:
                 setup_logging()
                 log.error("%s", exc)
                 return exitcodes.BAD_INPUT
+            except StorageError as exc:
+                setup_logging()
+                log.error("%s", exc)
+                return exitcodes.STORAGE_ERROR
             from .run import train
             return train(cfg, job, fresh=args.fresh, rollback_to=args.rollback_to,
                          resume_command=f"{PROG} train " + shlex.join(_one_shot_flags_removed(argv)),

@@ -8,32 +8,44 @@ from __future__ import annotations
 
 import json
 
-from . import exitcodes, lr_override
+from . import exitcodes, lr_override, rundir
 from .checkpoints_index import DIR, UnknownCheckpoint, committed_manifests, resolve
-from .monitor import HISTORY_JSON, RECORD_FIELDS
+from .monitor import RECORD_FIELDS
+from .rundir import CONFIG_FILE, HISTORY_JSON, MODEL_FILE
 from .storage import Storage, StorageError
 
 
-def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None = None) -> int:
+def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None = None,
+           create: bool = False) -> int:
+    """Write a request; into a path that holds no run yet only with ``create`` (a typo'd path
+    would otherwise take the request silently and the real run never see it)."""
     storage = Storage(run_dir, storage_options)
     try:
+        if create:
+            rundir.for_training(storage)
+        else:
+            rundir.for_reading(storage, "lr", hint="pass --create to queue it for a run that has not started yet")
         info = collect_status(storage)
         if at_epoch is not None and info["latest"] and info["latest"]["epoch"] > at_epoch:
             print(f"error: --at-epoch {at_epoch}: the run is already past it (it has done "
                   f"{info['latest']['epoch']} epochs); use `lr {run_dir} {value}` to change the rate now")
             return exitcodes.BAD_INPUT
         lr, name = lr_override.request(storage, value, at_epoch)
-    except lr_override.OverrideError as exc:
+    except (lr_override.OverrideError, rundir.RunDirError) as exc:
         print(f"error: {exc}")
         return exitcodes.BAD_INPUT
-    except StorageError as exc:
+    except (StorageError, OSError) as exc:
         print(f"error: {exc}")
         return exitcodes.STORAGE_ERROR
-    if at_epoch is None:
+    if at_epoch is not None:
+        when = f"applied when epoch {at_epoch} begins (after {at_epoch} epochs; shown as Epoch {at_epoch + 1})"
+    elif info["exists"]:
         when = ("a run that is training applies it at a step boundary within its --lr-poll-seconds "
                 "(10 s by default); a stopped run applies it when it resumes")
     else:
-        when = f"applied when epoch {at_epoch} begins (after {at_epoch} epochs; shown as Epoch {at_epoch + 1})"
+        when = "applied when a run starts there"
+    if not info["exists"]:
+        when += " (no run there yet: --create)"
     print(f"wrote {storage.url(name)}: learning rate {lr:g}; {when}")
     return exitcodes.DONE
 
@@ -54,7 +66,7 @@ def collect_status(storage: Storage) -> dict:
         except lr_override.OverrideError as exc:
             pending.append({"file": name, "error": str(exc)})
     try:
-        config = json.loads(storage.read_text("config.json"))
+        config = json.loads(storage.read_text(CONFIG_FILE))
     except (FileNotFoundError, ValueError):
         config = {}
     keep = {m["number"] for m in manifests[:(config.get("trainer") or {}).get("max_to_keep", 3)]}
@@ -76,16 +88,19 @@ def collect_status(storage: Storage) -> dict:
         "resumes": sum(e["kind"] == "resume" for e in history["events"]),
         "rollbacks": [e for e in history["events"] if e["kind"] == "rollback"],
         "lr_changes": [e for e in history["events"] if e["kind"] == "lr_change"],
-        "model_exported": storage.exists("model.keras"),
+        "model_exported": storage.exists(MODEL_FILE),
     }
 
 
 def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> int:
+    storage = Storage(run_dir, storage_options)
     try:
-        info = collect_status(Storage(run_dir, storage_options))
+        rundir.for_reading(storage, "status")
+        info = collect_status(storage)
+    except rundir.RunDirError as exc:
+        return _status_error(exc, exitcodes.BAD_INPUT, as_json, {"run_dir": storage.root, "exists": False})
     except StorageError as exc:
-        print(f"error: {exc}")
-        return exitcodes.STORAGE_ERROR
+        return _status_error(exc, exitcodes.STORAGE_ERROR, as_json, {"run_dir": storage.root})
     if as_json:
         print(json.dumps(info, indent=1))
         return exitcodes.DONE if info["exists"] else exitcodes.BAD_INPUT
@@ -123,20 +138,28 @@ def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> i
     return exitcodes.DONE
 
 
+def _status_error(exc: Exception, code: int, as_json: bool, known: dict) -> int:
+    """One line: JSON with ``--json`` (so a script polling a run that has not started yet can
+    always parse it), else the message."""
+    print(json.dumps({**known, "error": str(exc)}) if as_json else f"error: {exc}")
+    return code
+
+
 def export_model(run_dir: str, out: str, source: str | None, storage_options: dict) -> int:
     """Restore a kept checkpoint into the run's job and save it as a .keras file."""
     storage = Storage(run_dir, storage_options)
     try:
+        rundir.for_reading(storage, "export")
         manifest = resolve(storage, source) if source else (committed_manifests(storage) or [None])[0]
         if manifest is None:
             print(f"error: {storage.url(DIR)} has no committed checkpoint to export")
             return exitcodes.BAD_INPUT
-        config = json.loads(storage.read_text("config.json"))
-    except UnknownCheckpoint as exc:
+        config = json.loads(storage.read_text(CONFIG_FILE))
+    except (UnknownCheckpoint, rundir.RunDirError) as exc:
         print(f"error: {exc}")
         return exitcodes.BAD_INPUT
     except FileNotFoundError:
-        print(f"error: {storage.url('config.json')} is missing: not a run directory")
+        print(f"error: {storage.url(CONFIG_FILE)} is missing: not a run directory")
         return exitcodes.BAD_INPUT
     except StorageError as exc:
         print(f"error: {exc}")

@@ -7,10 +7,10 @@ import signal
 
 DONE = 0             # training finished (or was already finished)
 CRASH = 1            # an unexpected error; a traceback was printed
-BAD_INPUT = 2        # bad flag, config or LR override file; nothing was trained
+BAD_INPUT = 2        # bad flag, config, LR override file or run dir; nothing was trained
 CHECKPOINT_ERROR = 3  # no usable checkpoint although the run has some, or a different model
 DATA_ERROR = 4       # the dataset is missing or damaged
-STORAGE_ERROR = 5    # the run directory's storage cannot be used
+STORAGE_ERROR = 5    # the run directory's storage cannot be used (remote, or local permissions)
 PEER_LOST = 6        # another worker of a multi-worker job died; checkpoints are intact: requeue
 
 

@@ -12,9 +12,9 @@ import logging
 import os
 import tempfile
 
-log = logging.getLogger("trainer")
+from .rundir import CHECKPOINTS_DIR, MODEL_FILE
 
-MODEL_FILE = "model.keras"
+log = logging.getLogger("trainer")
 
 
 def save_local(model, path: str) -> None:
@@ -65,7 +65,7 @@ def rebuild_and_save(storage, config: dict, manifest: dict, out: str) -> int:
         from . import distribute
         built = build(job, cfg, distribute.setup("default"))
         with tempfile.TemporaryDirectory() as tmp:
-            local_dir = storage.local_path("checkpoints") or os.path.join(staging_dir(cfg, storage), "checkpoints")
+            local_dir = storage.local_path(CHECKPOINTS_DIR) or os.path.join(staging_dir(cfg, storage), CHECKPOINTS_DIR)
             store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep)
             try:
                 store.restore(manifest["number"])

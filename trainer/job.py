@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import examples
 from . import fit_options as fit_mod
 from . import settings as settings_mod
 
-DEFAULT_JOB = str(Path(__file__).resolve().parents[1] / "jobs" / "fashion_mnist.py")
 REQUIRED = ("build_model", "build_data")
 
 
@@ -123,8 +123,16 @@ def _takes_argument(fn) -> bool:
 
 
 def load(spec: str | None) -> Job:
-    """Load the job named by ``spec``: a ``.py`` file path, or a dotted module name; None: the default job."""
-    spec = spec or DEFAULT_JOB
+    """Load the job named by ``spec``: an example's name (``digits``), a ``.py`` file path, or a
+    dotted module name; None: the default example. An example is recorded by its name, so a run
+    resumes wherever the package is installed."""
+    spec = spec or examples.DEFAULT
+    example = examples.find(spec)
+    if example is not None:
+        return from_module(_import_file(str(example)), spec)
+    if spec == examples.DEFAULT:
+        raise JobError(f"the default job {spec} is not installed (expected trainer/jobs/{spec}.py in the package, "
+                       "or jobs/ beside trainer/ in a checkout); reinstall keras-resume, or pass --job my_job.py")
     if spec.endswith(".py") or os.sep in spec or os.path.exists(spec):
         module, name = _import_file(spec), str(Path(spec).resolve())
     else:
@@ -132,11 +140,35 @@ def load(spec: str | None) -> Job:
     return from_module(module, name)
 
 
+def same_job(recorded: str | None, name: str) -> bool:
+    """Do two recorded job names mean the same job? An example may be named by its name or by
+    its file's path (runs recorded the path before examples had names)."""
+    if recorded == name:
+        return True
+    files = [_file_of(n) for n in (recorded, name)]
+    return files[0] is not None and files[0] == files[1]
+
+
+def describe(name: str | None) -> str:
+    """A recorded job name for a message: an example's name with its file."""
+    example = examples.find(name) if name else None
+    return f"{name!r} ({example})" if example else repr(name)
+
+
+def _file_of(name: str | None) -> Path | None:
+    if not name:
+        return None
+    example = examples.find(name)
+    if example is not None:
+        return example.resolve()
+    return Path(name).resolve() if os.path.isabs(name) else None
+
+
 def _import_file(spec: str):
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise JobError(f"--job {spec}: no such file (expected a Python file such as jobs/digits.py, or a "
-                       "module name such as mypkg.jobs.cifar)")
+        raise JobError(f"--job {spec}: no such file (expected an example's name such as digits (see `trainer "
+                       "jobs`), a Python file such as my_job.py, or a module name such as mypkg.jobs.cifar)")
     resolved = path.resolve()
     module_name = "trainer_job_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
     if module_name in sys.modules:
@@ -161,7 +193,8 @@ def _import_module(spec: str):
     except ModuleNotFoundError as exc:
         if exc.name and spec.startswith(exc.name):
             raise JobError(f"--job {spec}: no module named {exc.name!r} (a file path must end in .py; "
-                           "a module must be importable: is its package on PYTHONPATH?)") from exc
+                           "a module must be importable: is its package on PYTHONPATH? `trainer jobs` lists the "
+                           "examples' names)") from exc
         raise JobError(f"--job {spec}: importing it failed: {_last_frame(exc)}") from exc
     except Exception as exc:
         raise JobError(f"--job {spec}: importing it failed: {_last_frame(exc)}") from exc

@@ -23,7 +23,7 @@ from typing import Callable
 
 import submitit
 
-from . import exitcodes
+from . import exitcodes, rundir
 from .signals import CAUGHT
 
 REQUEUE_WAIT_S = 300  # a task other than the first waits this long for the job's requeue to end it
@@ -80,14 +80,29 @@ def _submitit_handler(handlers: dict, signum: int) -> Callable | None:
     return None
 
 
+def _run_dir(train_args: list[str]) -> str | None:
+    for i, arg in enumerate(train_args):
+        if arg.startswith("--run-dir="):
+            return arg.split("=", 1)[1]
+        if arg == "--run-dir" and i + 1 < len(train_args):
+            return train_args[i + 1]
+    return None
+
+
 def launch(train_args: list[str], folder: str = "runs/submitit/%j", cluster: str | None = None,
            timeout_min: int = 60, signal_delay_s: int = 90, max_num_timeout: int = 20,
            **parameters) -> submitit.Job:
     """Submit ``python -m trainer train <train_args>`` (``--job`` included) and return the submitit job.
 
     ``parameters`` are passed to ``AutoExecutor.update_parameters`` (e.g.
-    ``slurm_partition="gpu"``, ``gpus_per_node=1``).
+    ``slurm_partition="gpu"``, ``gpus_per_node=1``). A bad ``--run-dir`` raises
+    ``rundir.RunDirError`` (or ``StorageError`` when it cannot be read or written) before
+    anything is submitted: a job that cannot start should not wait in a queue first.
     """
+    run_dir = _run_dir(train_args)
+    if run_dir is None:
+        raise rundir.RunDirError("launch: no --run-dir among the trainer's arguments; expected e.g. --run-dir runs/x")
+    rundir.precheck_training(run_dir)
     if cluster != "local" and timeout_min * 60 - signal_delay_s < EARLY_SIGNAL_S:
         warnings.warn(f"launch(timeout_min={timeout_min}, signal_delay_s={signal_delay_s}): SLURM may send the "
                       f"warning signal up to {EARLY_SIGNAL_S} s early, so it can reach the job before submitit's "

@@ -21,7 +21,8 @@ import re
 import time
 from dataclasses import dataclass
 
-PENDING = "lr_override"
+from .rundir import LR_REQUEST as PENDING
+
 SCHEDULED_PREFIX = PENDING + ".epoch-"
 CONSUMED_SUFFIX = ".consumed"
 MAX_LR = 10.0

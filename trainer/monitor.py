@@ -11,13 +11,11 @@ import io
 import json
 import logging
 
+from .rundir import HISTORY_JSON, HISTORY_PNG
 from .storage import StorageError
 from .worker import LatestOnlyWorker
 
 log = logging.getLogger("trainer")
-
-HISTORY_JSON = "history.json"
-HISTORY_PNG = "history.png"
 
 
 def new_history() -> dict:

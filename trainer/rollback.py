@@ -23,12 +23,13 @@ import zlib
 from dataclasses import dataclass
 
 from .checkpoints_index import DIR, MARKER, committed_manifests, number_of, resolve
+from .rundir import ARCHIVE_DIR as ARCHIVE
+from .rundir import HISTORY_JSON, HISTORY_PNG, MODEL_FILE
+from .rundir import ROLLBACKS_FILE as RECORD
 
 log = logging.getLogger("trainer")
 
-ARCHIVE = "archive"
-RECORD = "rollbacks.json"
-MOVED_FILES = ("history.json", "history.png", "model.keras")
+MOVED_FILES = (HISTORY_JSON, HISTORY_PNG, MODEL_FILE)
 
 
 class RollbackError(ValueError):
@@ -87,8 +88,8 @@ def execute(storage, p: Plan, staging_dir: str | None = None) -> dict:
         storage.copy(name, f"{folder}/{name}")
     for name in sorted(p.later, key=lambda n: not n.endswith(MARKER)):  # uncommit first
         storage.delete(f"{DIR}/{name}")
-    if "model.keras" in extra:
-        storage.delete("model.keras")
+    if MODEL_FILE in extra:
+        storage.delete(MODEL_FILE)
     if staging_dir and os.path.isdir(staging_dir):  # a remote run's local copies are a cache
         for name in os.listdir(staging_dir):
             if (number_of(name) or 0) > number:

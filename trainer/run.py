@@ -20,15 +20,16 @@ import keras
 import tensorflow as tf
 
 from . import data as data_mod
-from . import distribute, exitcodes, export, lr_override, monitor, rollback
-from .callback_state import CallbackStateError, CallbackStates
+from . import distribute, exitcodes, export, lr_override, monitor, rollback, rundir
 from . import fit_options as fit_mod
+from .callback_state import CallbackStateError, CallbackStates
 from .checkpoints import CheckpointError, CheckpointStore, IncompatibleCheckpoint
 from .config import ConfigError, TrainConfig, dumps
 from .data import DataError
-from .job import Job, JobError
+from .job import Job, JobError, describe, same_job
 from .loop import Interrupted, Loop
 from .progress import Progress
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, TENSORBOARD_DIR
 from .saver import Saver
 from .settings import SettingError
 from .signals import StopRequest
@@ -39,7 +40,6 @@ from .variables import ModelError, check_model, prepare, state_variable
 
 log = logging.getLogger("trainer")
 
-CONFIG_FILE = "config.json"
 FINAL_FLUSH_TIMEOUT_S = 600.0
 
 
@@ -94,7 +94,7 @@ def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, rollback_to: str |
         try:
             return _train(cfg, job, fresh, rollback_to, resume_command, stop)
         except (ConfigError, SettingError, lr_override.OverrideError, JobError, ModelError,
-                rollback.RollbackError, distribute.ClusterError, fit_mod.FitOptionError) as exc:
+                rollback.RollbackError, distribute.ClusterError, fit_mod.FitOptionError, rundir.RunDirError) as exc:
             log.error("%s", exc)
             return Result(exitcodes.BAD_INPUT)
         except DataError as exc:
@@ -171,8 +171,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
         log.info("%s", cluster.role())  # (after reclaim: a test may signal us on this line)
     chief = cluster.is_chief
     storage = open_storage(cfg)
-    if storage.is_remote:
-        storage.probe()
+    rundir.for_training(storage)  # probes a remote store
     requests = LrRequests(storage, cfg.lr_poll_seconds)
     requests.refresh()  # a malformed request file stops us before anything is touched
     if not fresh:
@@ -194,8 +193,8 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
              cluster.describe())
     timings["job"], mark = time.monotonic() - mark, time.monotonic()
 
-    local_dir = (storage.local_path("checkpoints") if not storage.is_remote
-                 else os.path.join(staging_dir(cfg, storage), "checkpoints"))
+    local_dir = (storage.local_path(CHECKPOINTS_DIR) if not storage.is_remote
+                 else os.path.join(staging_dir(cfg, storage), CHECKPOINTS_DIR))
     went_back = None
     if chief:  # only the chief changes the run dir
         if fresh:
@@ -207,7 +206,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
         if going_back:
             went_back = rollback.execute(storage, going_back, local_dir if storage.is_remote else None)
     elif storage.is_remote:  # a worker's own copies of the chief's checkpoints
-        local_dir = os.path.join(staging_dir(cfg, storage), f"worker-{cluster.index}", "checkpoints")
+        local_dir = os.path.join(staging_dir(cfg, storage), f"worker-{cluster.index}", CHECKPOINTS_DIR)
     built.callbacks = _callbacks(job, built.model, cfg, storage, steps, chief)
     try:
         built.callback_states = CallbackStates(built.callbacks.callbacks if built.callbacks else [], built.model)
@@ -255,7 +254,7 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
                    if went_back else {})
         monitor.add_event(state.history, kind, epoch=state.epoch, step_in_epoch=state.step_in_epoch,
                           steps_per_epoch=steps, global_step=state.global_step, time=time.time(), **details)
-        log.info("resumed from %s/ckpt-%d at %s, lr %g", storage.url("checkpoints"),
+        log.info("resumed from %s/ckpt-%d at %s, lr %g", storage.url(CHECKPOINTS_DIR),
                  manifest["number"], state.position(steps), state.lr)
         before = manifest.get("replicas", cluster.replicas.total)
         if before != cluster.replicas.total:
@@ -315,8 +314,8 @@ def _callbacks(job: Job, model, cfg: TrainConfig, storage: Storage, steps: int, 
             raise JobError(f"job {job.label}: callbacks() must return keras.callbacks.Callback objects, "
                            f"got {type(cb).__name__}")
     if cfg.tensorboard and chief:
-        tb_dir = (storage.local_path("tensorboard") if not storage.is_remote
-                  else os.path.join(staging_dir(cfg, storage), "tensorboard"))
+        tb_dir = (storage.local_path(TENSORBOARD_DIR) if not storage.is_remote
+                  else os.path.join(staging_dir(cfg, storage), TENSORBOARD_DIR))
         callbacks.append(keras.callbacks.TensorBoard(tb_dir, update_freq="epoch"))
     if not callbacks:
         return None
@@ -419,12 +418,12 @@ def _check_config(storage: Storage, cfg: TrainConfig, job: Job) -> None:
                           "restore it, or start over with --fresh") from None
     theirs = saved.get("identity") or {}
     mine = _config(cfg, job)["identity"]
-    if theirs.get("job") != mine["job"]:
+    if not same_job(theirs.get("job"), mine["job"]):
         raise IncompatibleCheckpoint(
-            f"{storage.url(CONFIG_FILE)}: this run was trained by job {theirs.get('job')!r}, not "
-            f"{mine['job']!r}; resume it with --job {theirs.get('job')}, or use another --run-dir "
+            f"{storage.url(CONFIG_FILE)}: this run was trained by job {describe(theirs.get('job'))}, not "
+            f"{describe(mine['job'])}; resume it with --job {theirs.get('job')}, or use another --run-dir "
             "(or --fresh to archive it and start over)")
-    diffs = [f"{k}: run has {theirs.get(k)!r}, given {v!r}" for k, v in mine.items() if k != "settings"
+    diffs = [f"{k}: run has {theirs.get(k)!r}, given {v!r}" for k, v in mine.items() if k not in ("job", "settings")
              and theirs.get(k) != v]
     ours, old = mine["settings"], theirs.get("settings") or {}
     diffs += [f"{k}: run has {old.get(k)!r}, given {v!r}" for k, v in ours.items() if old.get(k) != v]

@@ -213,7 +213,7 @@ class Storage:
     def __init__(self, root: str, options: dict | None = None, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] = time.sleep):
         self.is_remote = "://" in root and not root.startswith("file://")
-        self.root = root.rstrip("/") if self.is_remote else os.path.abspath(root.removeprefix("file://"))
+        self.root = _strip_url(root) if self.is_remote else os.path.abspath(root.removeprefix("file://"))
         self.options = dict(options or {})
         self.retry = retry
         self._sleep = sleep
@@ -464,6 +464,12 @@ class Storage:
             raise StorageError(f"{prefix}: {exc}") from exc
         if data != payload:
             raise StorageError(f"{prefix}: {self.url(rel)} read back different bytes than written")
+
+
+def _strip_url(url: str) -> str:
+    """Without trailing slashes, but a bare ``s3://`` stays as given (so errors can name it)."""
+    stripped = url.rstrip("/")
+    return url if stripped.endswith(":") else stripped
 
 
 def _open_fs(root: str, options: dict):
