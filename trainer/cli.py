@@ -160,6 +160,21 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the process's native stderr pointed at /dev/null: since 2.21 its
+    start-up lines (absl, oneDNN, CPU features) ignore TF_CPP_MIN_LOG_LEVEL. A failing import
+    still raises, and its traceback is printed after stderr is back."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def parse_train(argv: list[str]):
     """(TrainConfig, loaded job, args) from ``train`` arguments; loads the job to know its flags."""
     from .job import load
@@ -171,6 +186,8 @@ def parse_train(argv: list[str]):
     setup_logging(known.verbose)
     if known.run_dir and not {"-h", "--help"} & set(argv):
         rundir.precheck_training(known.run_dir)  # before the job's slow imports
+    if not known.verbose:
+        import_tensorflow_quietly()
     job = load(known.job)
     args = train_parser(job).parse_args(argv)
     job_values = {}
