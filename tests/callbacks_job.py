@@ -19,10 +19,11 @@ import keras
 import numpy as np
 
 import trainer
+from tests.user_job import CLASSES, FEATURES, _allowed, _examples  # the user job's data and gate
 from trainer import setting
 
 EPOCHS = 8
-FEATURES, CLASSES, EXAMPLES, BATCH = 8, 4, 512, 32
+EXAMPLES, BATCH = 512, 32
 NEVER = 10.0  # a min_delta no epoch's loss improves by
 
 
@@ -73,20 +74,6 @@ def build_model(s: Settings) -> keras.Model:
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
-
-
-def _examples(n: int, seed: int):
-    x = np.random.default_rng(seed).normal(size=(n, FEATURES)).astype(np.float32)
-    w = np.random.default_rng(1234).normal(size=(FEATURES, CLASSES))
-    return x, np.argmax(x @ w, axis=1).astype(np.int32)
-
-
-def _allowed(gate: str) -> int:
-    try:
-        with open(gate) as fh:
-            return int(fh.read().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 def build_data(s: Settings):

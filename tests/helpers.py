@@ -116,6 +116,19 @@ def interrupt_randomly(run_dir, args, sig, rng, total_steps, interrupts=3):
     return stops
 
 
+def gated_stop(proc: subprocess.Popen, gate: "Gate", target: int, sig: int = signal.SIGTERM) -> str:
+    """Let a run whose data waits at ``gate`` reach global step ``target``, send ``sig``, open the
+    gate; all its output. The stop lands at step ``target``'s boundary or one step later."""
+    gate.allow(target)
+    out, reached = wait_for_step(proc, target)
+    assert reached == target, out
+    proc.send_signal(sig)
+    gate.allow(10_000)
+    out += proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + sig, out
+    return out
+
+
 def stop_of(out: str) -> tuple[int, ...]:
     """(epoch, step, steps, global step, checkpoint) of the trainer's stop line."""
     match = STOP_LINE.search(out)

@@ -6,7 +6,6 @@ files byte for byte. The stops land where the job's data is held at a gate, so n
 depends on the machine's speed."""
 import json
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,7 @@ def _stop_at(run_dir: Path, args: list[str], gate: helpers.Gate, target: int) ->
     at step ``target``'s boundary (at an epoch end if that is one) or one step later."""
     proc = helpers.start(["train", "--run-dir", str(run_dir), *args, "--gate", str(gate.path),
                           "--log-every-steps", "1"])
-    gate.allow(target)
-    out, reached = helpers.wait_for_step(proc, target)
-    assert reached == target, out
-    proc.send_signal(signal.SIGTERM)
-    gate.allow(10_000)
-    out += proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, out
+    out = helpers.gated_stop(proc, gate, target)
     stop = helpers.stop_of(out)
     assert stop[3] in (target, target + 1), out
     return out, stop

@@ -2,7 +2,6 @@
 once; history JSON/PNG consistent across resumes. The user job's data waits at a gate,
 so each request meets the run at a known step."""
 import json
-import signal
 
 import numpy as np
 import pytest
@@ -25,18 +24,6 @@ def _setup(tmp_path):
     return gate, run_dir, base
 
 
-def _stop_at(proc, gate, step, sig=signal.SIGTERM) -> str:
-    """Let the gated run reach ``step``, signal it, open the gate; its remaining output."""
-    gate.allow(step)
-    out, reached = helpers.wait_for_step(proc, step)
-    assert reached == step, out
-    proc.send_signal(sig)
-    gate.allow(10_000)
-    out += proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + sig, out
-    return out
-
-
 def _read_until(proc, needle: str) -> str:
     return helpers.wait_for(proc, needle, timeout=120)
 
@@ -55,7 +42,7 @@ def test_lr_request_while_stopped_is_applied_once_and_history_survives_resumes(t
 
     gate.allow(0)
     proc = helpers.start([*base, "--gate", str(gate.path), "--epochs", "3", "--log-every-steps", "1"])
-    out = _stop_at(proc, gate, 40)  # epoch 2, step 8
+    out = helpers.gated_stop(proc, gate, 40)  # epoch 2, step 8
     assert "learning rate 0.05 -> 0.01 (requested while the run was stopped" in out
     assert not (run_dir / "lr_override").exists()
     assert json.loads((run_dir / "lr_override.consumed").read_text())["lr"] == 0.01
@@ -98,7 +85,7 @@ def test_live_lr_change_applies_at_a_step_boundary_exactly_once(tmp_path, replic
     gate.allow(21)
     out += _read_until(proc, "learning rate 0.05 -> 0.02 (live")
     assert out.splitlines()[-1].endswith("at epoch 1 step 21/32 (global step 21))"), out[-500:]
-    out += _stop_at(proc, gate, 30)
+    out += helpers.gated_stop(proc, gate, 30)
     assert f"with {replicas} replica(s)" in out
     assert (run_dir / "lr_override.consumed").exists() and not (run_dir / "lr_override").exists()
 
@@ -124,7 +111,7 @@ def test_scheduled_lr_change_applies_at_that_epochs_first_step_across_an_interru
 
     gate.allow(0)
     proc = helpers.start([*base, "--gate", str(gate.path), "--epochs", "3", "--log-every-steps", "1"])
-    out = _stop_at(proc, gate, 50)  # epoch 2 (index 1): not yet
+    out = helpers.gated_stop(proc, gate, 50)  # epoch 2 (index 1): not yet
     assert "->" not in out and (run_dir / "lr_override.epoch-2").exists()
     final = helpers.run([*base, "--gate", str(gate.path), "--epochs", "3"])
     assert final.returncode == 0, final.stderr

@@ -4,7 +4,6 @@ strategies. Real processes and signals; every resumed run ends bitwise equal to 
 uninterrupted run with the same replica count."""
 import json
 import random
-import signal
 import subprocess
 import sys
 import textwrap

@@ -49,13 +49,7 @@ def test_gated_stop_mid_epoch_resumes_exactly_with_custom_step_and_callback(tmp_
     run_dir = tmp_path / "run"
     proc = helpers.start(["train", "--run-dir", str(run_dir), *args, "--log-every-steps", "1"])
     held = 45  # epoch 2, step 13 of 32
-    gate.allow(held)
-    out, reached = helpers.wait_for_step(proc, held)
-    assert reached == held, out
-    proc.send_signal(signal.SIGTERM)
-    gate.allow(10_000)
-    out += proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, out
+    out = helpers.gated_stop(proc, gate, held)
     epoch, step, steps, global_step, _ = helpers.stop_of(out)
     # the signal lands while step 46 waits for its batch, or just before: either way mid-epoch 2
     assert (epoch, steps) == (2, 32) and global_step in (held, held + 1) and step == global_step - 32

@@ -19,7 +19,6 @@ import math
 import threading
 import types
 
-import numpy as np
 
 from . import job as job_mod
 from .config import ConfigError, TrainConfig
