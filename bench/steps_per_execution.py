@@ -6,7 +6,7 @@ Jobs: ``mlp`` (a 3-layer MLP, 625 steps of 32 examples: host overhead dominates)
 ``digits`` (jobs/digits.py, its epoch repeated to ``--steps``) and ``small`` (the reference
 job's small preset, whose steps are compute-bound: ``--small-steps``).
 
-    python -m bench.steps_per_execution [--jobs mlp,digits,small] [--rounds 3]
+    python -m bench.steps_per_execution [--jobs mlp,digits,small] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", default="mlp,digits,small")
     p.add_argument("--steps", type=int, default=625, help="steps per timed run (mlp, digits)")
-    p.add_argument("--small-steps", type=int, default=64, help="steps per timed run of the small preset")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--small-steps", type=int, default=40, help="steps per timed run of the small preset")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default="bench/results/steps_per_execution.json")
     args = p.parse_args()
     rows = [r for name in args.jobs.split(",")

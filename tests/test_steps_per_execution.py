@@ -8,7 +8,6 @@ callbacks get the batch numbers ``fit`` passes. (Two workers:
 tests/test_multiworker.py.)"""
 import json
 import random
-import re
 import subprocess
 import sys
 
@@ -70,7 +69,7 @@ def test_a_bad_steps_per_execution_is_a_clear_error(value):
 
 def assert_on_execution_boundary(stop, n):
     """``stop``: the stop line's numbers (helpers.stop_of)."""
-    epoch, step, steps, global_step, _ = stop
+    _, step, steps, _, _ = stop
     assert step % n == 0 or step == steps, stop
 
 
@@ -126,7 +125,7 @@ print("RESULT " + json.dumps({"ours": ours.calls, "fit": theirs.calls}))
 def test_batch_callbacks_get_what_fit_passes_once_per_execution(tmp_path):
     """11 training batches and 6 validation batches at 4 steps per execution: shorter last executions."""
     result = subprocess.run([sys.executable, "-c", CALLBACKS_SCRIPT, str(tmp_path / "run")], cwd=helpers.ROOT,
-                            env=helpers.env(), capture_output=True, text=True, timeout=300)
+                            env=helpers.env(), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     calls = json.loads(result.stdout.split("RESULT ", 1)[1])
     assert calls["ours"] == calls["fit"]

@@ -71,6 +71,7 @@ class Loop:
         self.steps_per_execution = self.model.steps_per_execution  # (checked when the job was loaded)
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
         self._test_fn = None
+        self._counts: dict[int, tf.Tensor] = {}
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
 
     # -- tf.functions -----------------------------------------------------
@@ -160,7 +161,7 @@ class Loop:
         """One execution of ``count`` steps; (its logs, what every process does at the boundary
         after it)."""
         state, agreement = self.state, self.agreement
-        count_t = tf.constant(count, tf.int32)
+        count_t = self._count(count)
         agreeing = agreement.fused and execution.crossed(state.global_step, state.global_step + count,
                                                          agreement.every)
         if agreeing:
@@ -173,6 +174,12 @@ class Loop:
             return logs, agreement.decide(self._local(), agreed)
         # one process decides alone at every boundary; several decide nothing between agreements
         return logs, Decisions() if agreement.fused else self._local()
+
+    def _count(self, count: int) -> tf.Tensor:
+        """``count`` as a tensor, made once (a Python int would retrace the function per value)."""
+        if count not in self._counts:
+            self._counts[count] = tf.constant(count, tf.int32)
+        return self._counts[count]
 
     def _local(self) -> Decisions:
         """What this process would decide alone at this boundary."""
@@ -242,7 +249,7 @@ class Loop:
             begin, end = execution.batch_numbers(step, n)
             if self._batch_hooks:
                 cbs.on_test_batch_begin(begin)
-            self._test_fn(iterator, tf.constant(count, tf.int32))
+            self._test_fn(iterator, self._count(count))
             if self._batch_hooks:
                 cbs.on_test_batch_end(end)
             step += count
