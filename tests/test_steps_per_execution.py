@@ -131,3 +131,23 @@ def test_batch_callbacks_get_what_fit_passes_once_per_execution(tmp_path):
     assert calls["ours"] == calls["fit"]
     assert [c[1] for c in calls["fit"] if c[0].startswith("train")] == [0, 3, 4, 7, 8, 11]
 
+
+
+def test_a_run_stopped_anywhere_resumes_with_another_n_realigned_and_bitwise(tmp_path, uninterrupted):
+    """Stopped at any step with N = 1, resumed with N = 8: the resumed epoch's first execution
+    runs up to the next multiple of 8, then every execution ends where the N = 8 run's do."""
+    run_dir = tmp_path / "run"
+    base = ["train", "--run-dir", str(run_dir), *DIGITS]
+    code, out = helpers.interrupt_at_step(base, helpers.SIGNALS["TERM"], random.Random(7).randint(1, 2 * DIGITS_STEPS))
+    rest = helpers.run([*base, "--steps-per-execution", str(N), "--log-every-steps", "1"])
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    lines = [json.loads(line[5:]) for line in rest.stdout.splitlines() if line.startswith("STEP ")]
+    if code != 0 and lines:  # (0, or no line: the first run ended before the signal landed)
+        _, start, steps, global_step, _ = helpers.stop_of(out)
+        # (stopped after an epoch's last step: the resumed run goes on with the next epoch)
+        first = execution.length(start, steps, N) or execution.length(0, steps, N)
+        assert lines[0]["global_step"] - global_step == first, (start, lines[0])
+        assert all(r["step"] % N == 0 or r["step"] == steps for r in lines), lines
+        assert lines[-1]["global_step"] == 3 * DIGITS_STEPS
+    helpers.assert_bitwise_equal(helpers.latest_variables(uninterrupted("digits", DIGITS)),
+                                 helpers.latest_variables(run_dir))
