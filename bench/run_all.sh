@@ -8,6 +8,7 @@ out=bench/results/RESULTS.md
     echo "# Benchmarks ($(date -u +%F), $(nproc) CPUs, $(python3 -c 'import tensorflow as tf; print("GPU" if tf.config.list_physical_devices("GPU") else "CPU only")' 2>/dev/null))"
     echo; echo "## The main command (default job)"; python3 -m bench.default_job
     echo; echo "## Throughput: our loop vs model.fit"; python3 -m bench.throughput
+    echo; echo "## steps_per_execution: our loop vs model.fit at 1 and 32"; python3 -m bench.steps_per_execution
     echo; echo "## Training stall per checkpoint"; python3 -m bench.stall
     echo; echo "## Preemption cost"; python3 -m bench.preemption
     echo; echo "## Signal-to-exit and resume latency"; python3 -m bench.latency

@@ -40,6 +40,26 @@ class FirstSteps:
         return self.source.dataset(*args, **kwargs).take(self.steps_per_epoch)
 
 
+def our_loop(built, data, store: CheckpointStore | None = None, save_every: int | None = None):
+    """Our loop on ``data`` (its tf.functions traced once, as in a real run); each call of the
+    returned function trains one more epoch. The epoch end always saves (to a temporary folder
+    unless ``store`` is given)."""
+    if store is None:
+        tmp = tempfile.mkdtemp()
+        store = CheckpointStore(built.groups, Storage(tmp), os.path.join(tmp, "checkpoints"), 3)
+    steps = data.steps_per_epoch
+    state = TrainerState(epoch=0)
+    saver = Saver(state, built.state_var, store, built.model.optimizer, steps, save_every, None)
+    quiet = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the bench
+    loop = Loop(built.model, built.model.distribute_strategy, SINGLE, data, None, 0, 0, state, saver,
+                StopRequest(signals=()), Agreement(), Progress(state, steps, 1, True, stream=quiet), None, None, None)
+
+    def run(epoch):
+        loop.epochs = state.epoch + 1
+        loop.run()
+    return run
+
+
 def measure(name: str, steps: int, rounds: int, save_every: int, s3: dict) -> list[dict]:
     job, preset = JOBS[name]
     built = build_job(job, preset)
@@ -48,20 +68,9 @@ def measure(name: str, steps: int, rounds: int, save_every: int, s3: dict) -> li
     tmp = tempfile.mkdtemp()
     stores = {"local": CheckpointStore(built.groups, Storage(tmp), os.path.join(tmp, "checkpoints"), 3),
               "S3": CheckpointStore(built.groups, Storage(f"s3://{BUCKET}/{name}", s3), os.path.join(tmp, "s3"), 3)}
-    quiet = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the bench
 
     def ours(where=None):
-        """One loop (its tf.functions traced once, as in a real run); each call trains one more epoch."""
-        state = TrainerState(epoch=0)
-        saver = Saver(state, built.state_var, stores[where or "local"], model.optimizer, steps,
-                      save_every if where else None, None)  # (the epoch end always saves)
-        loop = Loop(model, model.distribute_strategy, SINGLE, data, None, 0, 0, state, saver, StopRequest(signals=()),
-                    Agreement(), Progress(state, steps, 1, True, stream=quiet), None, None, None)
-
-        def run(epoch):
-            loop.epochs = state.epoch + 1
-            loop.run()
-        return run
+        return our_loop(built, data, stores[where or "local"], save_every if where else None)
 
     def fit(callbacks):
         def run(epoch):

@@ -29,6 +29,7 @@ class Settings:
     noise: float = setting(0.05, help="std of the Gaussian pixel noise added to training images (0: none)")
     lr: float = setting(1e-3, may_change=True, help="Adam's initial learning rate")
     batch_size: int = 32
+    steps_per_execution: int = setting(1, may_change=True, help="steps per tf.function call (compile's)")
     validation_images: int = setting(297, help="images held out for validation (the last ones)")
 
     def __post_init__(self):
@@ -47,7 +48,7 @@ def build_model(s: Settings) -> keras.Model:
     outputs = keras.layers.Dense(10, activation="softmax")(x)
     model = keras.Model(inputs, outputs, name="digits_mlp")
     model.compile(optimizer=keras.optimizers.Adam(s.lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=s.steps_per_execution)
     return model
 
 

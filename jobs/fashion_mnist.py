@@ -48,6 +48,7 @@ class Settings:
                         help="initial learning rate (change a run's with `python -m trainer lr`)")
     momentum: float = setting(0.0, help="SGD momentum")
     batch_size: int = 128
+    steps_per_execution: int = setting(1, may_change=True, help="steps per tf.function call (compile's)")
     drop_remainder: bool = setting(True, help="drop the last partial batch of an epoch")
     augment: bool = setting(True, help="random shifts and horizontal flips")
     train_size: int | None = setting(None, help="training images (none: all 60000)")
@@ -87,7 +88,8 @@ def build_model(s: Settings) -> keras.Model:
     model = _resnet(s) if s.model == "resnet" else _cnn(s)
     optimizer = (keras.optimizers.SGD(learning_rate=s.lr, momentum=s.momentum) if s.optimizer == "sgd"
                  else keras.optimizers.Adam(learning_rate=s.lr))
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=s.steps_per_execution)
     return model
 
 

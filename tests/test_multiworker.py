@@ -136,3 +136,27 @@ def test_a_signal_during_start_up_stops_every_worker_at_the_same_place(job, tmp_
     places = [re.search(r"stopped at (start-up, before training|epoch \d+ step \d+/\d+ \(global step \d+\));", out)
               for _, out in results]
     assert all(places) and places[0].group(1) == places[1].group(1), [out[-800:] for _, out in results]
+
+
+def test_with_steps_per_execution_workers_stop_together_on_an_execution_boundary(job, two_worker_reference,
+                                                                                  tmp_path):
+    """8 steps per execution: the agreement rides on the executions that pass a multiple of 8
+    global steps. Compared with the one-step-per-execution reference: a run's result does not
+    depend on its steps per execution (tests/test_steps_per_execution.py)."""
+    from tests.test_steps_per_execution import assert_on_execution_boundary
+    n, run_dir = 8, tmp_path / "run"
+    target = random.Random(4).randint(1, 2 * STEPS)
+    procs = helpers.start_workers(_args(job, run_dir, "--steps-per-execution", str(n), "--log-every-steps", "1"))
+    out, reached = helpers.wait_for_step(procs[0], target)
+    if reached is not None:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+    results = helpers.finish(procs)
+    if [code for code, _ in results] != [0, 0]:  # (both 0: the run ended before the signal landed)
+        assert [code for code, _ in results] == [128 + signal.SIGTERM] * 2, results
+        lines = _stop_lines(results)
+        assert all(lines) and lines[0].group(0) == lines[1].group(0), [o[-800:] for _, o in results]
+        assert_on_execution_boundary(helpers.stop_of(results[0][1]), n)
+    results = helpers.finish(helpers.start_workers(_args(job, run_dir, "--steps-per-execution", str(n), "--quiet")))
+    assert [code for code, _ in results] == [0, 0], results
+    helpers.assert_bitwise_equal(helpers.latest_variables(two_worker_reference), helpers.latest_variables(run_dir))

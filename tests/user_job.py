@@ -29,6 +29,7 @@ FEATURES, CLASSES = 8, 4
 class Settings:
     examples: int = 1024
     batch_size: int = 32
+    steps_per_execution: int = setting(1, may_change=True, help="steps per tf.function call (compile's)")
     hidden: int = 32
     dropout: float = 0.2
     lr: float = setting(0.05, may_change=True)
@@ -67,7 +68,7 @@ class EpochLog(keras.callbacks.Callback):
 def build_model(s: Settings) -> keras.Model:
     model = CountingMLP(s.hidden, s.dropout)
     model.compile(optimizer=keras.optimizers.SGD(s.lr, momentum=0.9), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=s.steps_per_execution)
     return model
 
 

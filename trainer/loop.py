@@ -5,14 +5,16 @@ Why not ``model.fit``: Keras 3's fit fails under MultiWorkerMirroredStrategy
 needs the position, not just the epoch. This loop calls the model's own
 ``train_step``/``test_step`` (so compile settings, custom steps and metrics
 work) through ``strategy.run`` inside a ``tf.function``, like Keras's
-``make_train_function`` with one step per call, and drives the user's Keras
-callbacks at the usual hooks. It reads nothing back from a step unless
+``make_train_function``: ``steps_per_execution`` steps per call (see
+``trainer.execution``), and drives the user's Keras callbacks at the usual
+hooks, once per execution as ``fit`` does. It reads nothing back from a step unless
 someone asks (the progress bar's redraws, batch callbacks), so steps queue
 up as in ``fit``.
 
-At step boundaries it acts on what the processes agreed (see
-``trainer.distribute``; one process decides alone at every step, several
-agree every 8th step): a stop signal (save and raise :class:`Interrupted`),
+At execution boundaries (every step when ``steps_per_execution`` is 1) it
+acts on what the processes agreed (see ``trainer.distribute``; one process
+decides alone at every boundary, several agree in each execution that passes
+a multiple of 8 global steps): a stop signal (save and raise :class:`Interrupted`),
 a time-based save, a live learning-rate change. Saves due by step count and
 epoch-end saves need no agreement: every process reaches them at the same step.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from .callback_state import CallbackStates
+from . import execution
 from .data import Replicas
 from .distribute import Agreement, Decisions
 from .monitor import HistoryWriter
@@ -68,45 +71,47 @@ class Loop:
     validation_freq: int | tuple = 1  # as model.fit's: every N epochs, or the listed (1-based) epochs
 
     def __post_init__(self):
+        self.steps_per_execution = self.model.steps_per_execution  # (checked when the job was loaded)
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
         self._test_fn = None
+        self._counts: dict[int, tf.Tensor] = {}
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
 
     # -- tf.functions -----------------------------------------------------
     def _make_train_functions(self):
-        """A step, and (several workers) a step that also sums the agreement vector."""
+        """An execution, and (several workers) an execution that also sums the agreement vector."""
         strategy, model, agreement = self.strategy, self.model, self.agreement
-
-        def one_step(data):
-            return _first_local(strategy, strategy.run(model.train_step, args=(data,)))
-        if not model.run_eagerly:
-            one_step = tf.function(one_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
-
-        @tf.function(reduce_retracing=True)
-        def train(iterator):
-            return one_step(next(iterator))
-
+        train = self._execution_function(model.train_step)
         if not agreement.fused:
             return train, None
 
         @tf.function(reduce_retracing=True)
-        def train_agreeing(iterator, flags):
-            logs = one_step(next(iterator))
+        def train_agreeing(iterator, count, flags):
+            logs = train(iterator, count)
             return logs, agreement.reduce_in_step(strategy, flags)
         return train, train_agreeing
 
     def _make_test_function(self):
-        strategy, model = self.strategy, self.model
+        return self._execution_function(self.model.test_step)
+
+    def _execution_function(self, step_fn):
+        """``count`` steps of ``step_fn`` in one call (a tensor, so a shorter execution does not
+        retrace); the last step's logs. With one step per execution the graph has no loop."""
+        strategy, model, single = self.strategy, self.model, self.steps_per_execution == 1
 
         def one_step(data):
-            return _first_local(strategy, strategy.run(model.test_step, args=(data,)))
+            return _first_local(strategy, strategy.run(step_fn, args=(data,)))
         if not model.run_eagerly:
             one_step = tf.function(one_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
 
         @tf.function(reduce_retracing=True)
-        def test(iterator):
-            return one_step(next(iterator))
-        return test
+        def execute(iterator, count):
+            logs = one_step(next(iterator))
+            if not single:
+                for _ in tf.range(count - 1):
+                    logs = one_step(next(iterator))
+            return logs
+        return execute
 
     def _iterator(self, source, epoch: int, start_step: int, training: bool):
         def dataset_fn(context):
@@ -140,36 +145,45 @@ class Loop:
         self.progress.epoch_begin(epoch)
         # (a stop after an epoch's last step resumes with no step left: straight to the epoch's end)
         iterator = self._iterator(self.train, epoch, start, training=True) if start < steps else None
-        logs = None  # the last step's logs, as train_step returned them
-        for step in range(start, steps):
+        logs = None  # the last execution's logs, as train_step returned them
+        n = self.steps_per_execution
+        while state.step_in_epoch < steps:
+            count = execution.length(state.step_in_epoch, steps, n)
+            begin, end = execution.batch_numbers(state.step_in_epoch, n)
             if self._batch_hooks:
-                cbs.on_train_batch_begin(step)
-            logs, decided = self._step(iterator)
+                cbs.on_train_batch_begin(begin)
+            logs, decided = self._execute(iterator, count)
             if self._batch_hooks:
-                cbs.on_train_batch_end(step, logs)
-            self.progress.step(logs)
-            self._boundary(decided, steps, logs)
+                cbs.on_train_batch_end(end, logs)
+            self.progress.step(logs, count)
+            self._boundary(decided, steps, count, logs)
             if model.stop_training:
                 break
         return self._end_epoch(epoch, logs)
 
-    def _step(self, iterator):
-        """One step; (its logs, what every process does at the boundary after it)."""
+    def _execute(self, iterator, count: int):
+        """One execution of ``count`` steps; (its logs, what every process does at the boundary
+        after it)."""
         state, agreement = self.state, self.agreement
-        if not agreement.fused:  # one process: its own decisions
-            logs = self._train_fn(iterator)
-            state.step_in_epoch += 1
-            state.global_step += 1
-            return logs, self._local()
-        if (state.global_step + 1) % agreement.every:  # between agreements: nothing to decide
-            logs = self._train_fn(iterator)
-            decided = Decisions()
+        count_t = self._count(count)
+        agreeing = agreement.fused and execution.crossed(state.global_step, state.global_step + count,
+                                                         agreement.every)
+        if agreeing:
+            logs, agreed = self._train_agreeing_fn(iterator, count_t, agreement.local_flags(self._local()))
         else:
-            logs, agreed = self._train_agreeing_fn(iterator, agreement.local_flags(self._local()))
-            decided = agreement.decide(self._local(), agreed)
-        state.step_in_epoch += 1
-        state.global_step += 1
-        return logs, decided
+            logs = self._train_fn(iterator, count_t)
+        state.step_in_epoch += count
+        state.global_step += count
+        if agreeing:
+            return logs, agreement.decide(self._local(), agreed)
+        # one process decides alone at every boundary; several decide nothing between agreements
+        return logs, Decisions() if agreement.fused else self._local()
+
+    def _count(self, count: int) -> tf.Tensor:
+        """``count`` as a tensor, made once (a Python int would retrace the function per value)."""
+        if count not in self._counts:
+            self._counts[count] = tf.constant(count, tf.int32)
+        return self._counts[count]
 
     def _local(self) -> Decisions:
         """What this process would decide alone at this boundary."""
@@ -177,7 +191,7 @@ class Loop:
         return Decisions(stop=self.stop.signum, save=self.saver.time_due(), lr=req.value if req else None,
                          requests=[req] if req else [])
 
-    def _boundary(self, decided: Decisions, steps: int, logs) -> None:
+    def _boundary(self, decided: Decisions, steps: int, count: int, logs) -> None:
         state = self.state
         if decided.lr is not None:
             self.steering.apply(decided.lr, decided.requests, self.requests, "live")
@@ -186,7 +200,7 @@ class Loop:
                 state.last_step_logs = _pythonify(logs)
             number = self.saver.save("signal")
             raise Interrupted(decided.stop, number)
-        if (self.saver.steps_due() or decided.save) and state.step_in_epoch < steps:
+        if (self.saver.steps_due(count) or decided.save) and state.step_in_epoch < steps:
             self.saver.save("periodic")
 
     def _apply_scheduled(self, epoch: int) -> None:
@@ -240,13 +254,16 @@ class Loop:
         if cbs:
             cbs.on_test_begin()
         iterator = self._iterator(self.validation, 0, 0, training=False)
-        step_logs = None
-        for step in range(self.validation.steps_per_epoch):
+        steps, n, step, step_logs = self.validation.steps_per_epoch, self.steps_per_execution, 0, None
+        while step < steps:
+            count = execution.length(step, steps, n)
+            begin, end = execution.batch_numbers(step, n)
             if self._batch_hooks:
-                cbs.on_test_batch_begin(step)
-            step_logs = self._test_fn(iterator)
+                cbs.on_test_batch_begin(begin)
+            step_logs = self._test_fn(iterator, self._count(count))
             if self._batch_hooks:
-                cbs.on_test_batch_end(step)
+                cbs.on_test_batch_end(end, step_logs)
+            step += count
         logs = metrics_or_step_logs(model, _pythonify(step_logs))
         if cbs:
             cbs.on_test_end(logs)

@@ -16,6 +16,7 @@ import time
 import keras
 import numpy as np
 
+from .execution import crossed
 from .state import TrainerState
 
 REDRAW_S = 0.25
@@ -61,9 +62,11 @@ class Progress:
             self._bar.update(self.state.step_in_epoch)
         self._drawn = time.monotonic()
 
-    def step(self, logs) -> None:
+    def step(self, logs, steps_done: int) -> None:
+        """After an execution of ``steps_done`` steps: a STEP line if it passed a multiple of
+        ``--log-every-steps`` (with its last step's logs)."""
         state = self.state
-        if self.log_every_steps and state.global_step % self.log_every_steps == 0:
+        if crossed(state.global_step - steps_done, state.global_step, self.log_every_steps):
             record = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": self.steps_per_epoch,
                       "global_step": state.global_step, **{k: round(v, 6) for k, v in _floats(logs).items()}}
             print("STEP " + json.dumps(record), file=self.stream, flush=True)

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from .checkpoints import CheckpointStore
+from .execution import crossed
 from .state import TrainerState
 
 log = logging.getLogger("trainer")
@@ -50,9 +51,11 @@ class Saver:
     def restart_clock(self) -> None:
         self._segment_start = self.clock()
 
-    def steps_due(self) -> bool:
-        """Due by step count: the same answer on every worker."""
-        return bool(self.save_every_steps) and self.state.global_step % self.save_every_steps == 0
+    def steps_due(self, steps_done: int) -> bool:
+        """Due by step count, after an execution of ``steps_done`` steps that passed a multiple of
+        ``save_every_steps``: the same answer on every worker."""
+        step = self.state.global_step
+        return crossed(step - steps_done, step, self.save_every_steps)
 
     def time_due(self) -> bool:
         """Due by the clock: decided by one process (the chief) for all."""

@@ -31,6 +31,11 @@ def check_model(model, job_label: str) -> keras.Model:
     if not getattr(model, "compiled", False) or model.optimizer is None:
         raise ModelError(f"job {job_label}: build_model returned an uncompiled model; call "
                          "model.compile(optimizer=..., loss=..., metrics=[...]) before returning it")
+    spe = getattr(model, "steps_per_execution", 1)
+    if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:  # (fit fails on these, less clearly)
+        hint = " (\"auto\" is not offered by Keras 3)" if spe == "auto" else ""
+        raise ModelError(f"job {job_label}: model.compile(steps_per_execution={spe!r}): expected a positive "
+                         f"integer{hint}")
     return model
 
 
