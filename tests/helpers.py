@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--train-size", "2048", "--val-size", "128", "--epochs", "3",
         "--no-tensorboard", "--save-every-steps", "40"]
 TINY_STEPS = 64  # steps per epoch of TINY
+DIGITS = ["--job", str(ROOT / "jobs" / "digits.py"), "--epochs", "3", "--no-tensorboard", "--save-every-steps", "20"]
+DIGITS_STEPS = 47  # steps per epoch of DIGITS
 STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+) \(global step (\d+)\); checkpoint ckpt-(\d+)")
 
 

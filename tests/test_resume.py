@@ -13,9 +13,7 @@ import pytest
 
 from tests import helpers
 
-DIGITS = ["--job", str(helpers.ROOT / "jobs" / "digits.py"), "--epochs", "3", "--no-tensorboard",
-          "--save-every-steps", "20"]
-DIGITS_STEPS = 47
+DIGITS, DIGITS_STEPS = helpers.DIGITS, helpers.DIGITS_STEPS
 
 
 def user_args(tmp_path, *extra):

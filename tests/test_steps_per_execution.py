@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tests.test_resume import DIGITS, DIGITS_STEPS, _interrupt_randomly
 from trainer import execution
 
 N = 8
@@ -75,16 +74,16 @@ def assert_on_execution_boundary(stop, n):
 
 def test_random_stops_land_on_execution_boundaries_and_resume_bitwise(tmp_path, uninterrupted):
     """Digits: 47 steps per epoch, so every epoch ends with a shorter execution (7 steps)."""
-    args = [*DIGITS, "--steps-per-execution", str(N)]
+    args = [*helpers.DIGITS, "--steps-per-execution", str(N)]
     reference = uninterrupted(f"digits-spe{N}", args)
     run_dir = tmp_path / "run"
-    stops = _interrupt_randomly(run_dir, args, helpers.SIGNALS["TERM"], random.Random(11), 3 * DIGITS_STEPS,
+    stops = helpers.interrupt_randomly(run_dir, args, helpers.SIGNALS["TERM"], random.Random(11), 3 * helpers.DIGITS_STEPS,
                                 interrupts=2)
     for stop in stops:
         assert_on_execution_boundary(stop, N)
     helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(run_dir))
     # one step per execution gives the very same run (the same ops in the same order)
-    helpers.assert_bitwise_equal(helpers.latest_variables(uninterrupted("digits", DIGITS)),
+    helpers.assert_bitwise_equal(helpers.latest_variables(uninterrupted("digits", helpers.DIGITS)),
                                  helpers.latest_variables(reference))
 
 
@@ -137,8 +136,8 @@ def test_a_run_stopped_anywhere_resumes_with_another_n_realigned_and_bitwise(tmp
     """Stopped at any step with N = 1, resumed with N = 8: the resumed epoch's first execution
     runs up to the next multiple of 8, then every execution ends where the N = 8 run's do."""
     run_dir = tmp_path / "run"
-    base = ["train", "--run-dir", str(run_dir), *DIGITS]
-    code, out = helpers.interrupt_at_step(base, helpers.SIGNALS["TERM"], random.Random(7).randint(1, 2 * DIGITS_STEPS))
+    base = ["train", "--run-dir", str(run_dir), *helpers.DIGITS]
+    code, out = helpers.interrupt_at_step(base, helpers.SIGNALS["TERM"], random.Random(7).randint(1, 2 * helpers.DIGITS_STEPS))
     rest = helpers.run([*base, "--steps-per-execution", str(N), "--log-every-steps", "1"])
     assert rest.returncode == 0, rest.stdout + rest.stderr
     lines = [json.loads(line[5:]) for line in rest.stdout.splitlines() if line.startswith("STEP ")]
@@ -148,6 +147,6 @@ def test_a_run_stopped_anywhere_resumes_with_another_n_realigned_and_bitwise(tmp
         first = execution.length(start, steps, N) or execution.length(0, steps, N)
         assert lines[0]["global_step"] - global_step == first, (start, lines[0])
         assert all(r["step"] % N == 0 or r["step"] == steps for r in lines), lines
-        assert lines[-1]["global_step"] == 3 * DIGITS_STEPS
-    helpers.assert_bitwise_equal(helpers.latest_variables(uninterrupted("digits", DIGITS)),
+        assert lines[-1]["global_step"] == 3 * helpers.DIGITS_STEPS
+    helpers.assert_bitwise_equal(helpers.latest_variables(uninterrupted("digits", helpers.DIGITS)),
                                  helpers.latest_variables(run_dir))
