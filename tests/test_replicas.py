@@ -31,9 +31,11 @@ def _manifest(run_dir) -> dict:
 
 @pytest.mark.parametrize("job,devices,sig_name,seed", [("reference", 2, "TERM", 1), ("user", 3, "INT", 2)])
 def test_replicas_stop_at_random_steps_and_resume_bitwise(tmp_path, uninterrupted, job, devices, sig_name, seed):
-    """The reference job (ArrayData, augmentation) on 2 replicas, the user's job (its own
-    train_step, EpochBatches split across replicas, a callback) on 3."""
-    args, steps, epochs = {"reference": (REFERENCE, REFERENCE_STEPS, 2), "user": (_user_args(tmp_path), 32, 3)}[job]
+    """The reference job (ArrayData, augmentation, BatchNormalization) on 2 replicas, the user's
+    job (its own train_step, EpochBatches split across replicas, callbacks, 4 steps per
+    execution) on 3."""
+    args, steps, epochs = {"reference": (REFERENCE, REFERENCE_STEPS, 2),
+                           "user": (_user_args(tmp_path, "--steps-per-execution", "4"), 32, 3)}[job]
     args = [*args, "--cpu-devices", str(devices)]
     reference = uninterrupted(f"{job}-{devices}-replicas", args)
     run_dir = tmp_path / "run"
