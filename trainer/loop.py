@@ -63,6 +63,7 @@ class Loop:
     requests: LrRequests | None    # the chief's view of the run dir's LR requests
     history: HistoryWriter | None  # the chief writes history.json/png
     callbacks: keras.callbacks.CallbackList | None = None
+    max_steps: int | None = None   # end once this global step is done (``--max-steps``)
 
     def __post_init__(self):
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
@@ -118,7 +119,7 @@ class Loop:
             cbs.on_train_begin()
         logs: dict = {}
         self.model.stop_training = False
-        while self.state.epoch < self.epochs and not self.state.stopped_early:
+        while self.state.epoch < self.epochs and not self.state.stopped_early and not self._at_step_limit():
             logs = self._epoch()
         if cbs:
             cbs.on_train_end(logs)
@@ -145,9 +146,15 @@ class Loop:
                 cbs.on_train_batch_end(step, logs)
             self.progress.step(logs)
             self._boundary(decided, steps)
-            if model.stop_training:
+            if model.stop_training or self._at_step_limit():
                 break
+        if self._at_step_limit() and state.step_in_epoch < steps and not model.stop_training:
+            self.saver.save("step limit")  # mid-epoch: the run ends here, the epoch stays open
+            return {}
         return self._end_epoch(epoch)
+
+    def _at_step_limit(self) -> bool:
+        return self.max_steps is not None and self.state.global_step >= self.max_steps
 
     def _step(self, iterator):
         """One step; (its logs, what every process does at the boundary after it)."""
