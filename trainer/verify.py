@@ -26,12 +26,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import exitcodes
 
 STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+) \(global step (\d+)\); checkpoint ckpt-(\d+)")
+STEPS_PER_EPOCH = re.compile(r", (\d+) steps per epoch")
+NEW_RUN = re.compile(r"starting a new run in .* \((\d+) epochs\)")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # flags verify sets itself for every run (the user's flags come first; the last one wins)
 RUN_FLAGS = ["--log-every-steps", "1", "--quiet", "--no-tensorboard", "--no-export"]
@@ -50,6 +53,7 @@ CAUSES = (
      "__getitem__ returns the same batch for the same index"),
 )
 SHOWN_VARIABLES = 12
+GROUPS = ("model", "optimizer", "metrics")  # the checkpoint's variables, in the order failures show them
 
 
 class VerifyError(Exception):
@@ -91,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stops", type=int, default=3, help="signals sent to the interrupted run (default 3)")
     p.add_argument("--stop-seed", type=int, default=None,
                    help="seed of the random stop steps (default: a new one, printed, to repeat a failure)")
-    p.add_argument("--work-dir", default=None, help="where the run dirs go (default: a new temporary folder)")
+    p.add_argument("--work-dir", default=None, help="where to make the folder of the run dirs (default: the system's temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the run dirs (default: removed at the end)")
     return p
 
@@ -126,8 +130,9 @@ def _plan(args, rest: list[str]) -> Plan:
     if args.stops >= args.steps:
         raise VerifyError(f"--stops: {args.stops} stops need more than {args.stops} --steps", exitcodes.BAD_INPUT)
     job = ["--job", args.job] if args.job else []
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="trainer-verify-"))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="trainer-verify-", dir=args.work_dir))
     seed = args.stop_seed if args.stop_seed is not None else random.randrange(1 << 31)
     return Plan([*job, *rest], args.steps, args.stops, seed, work)
 
@@ -136,9 +141,14 @@ def _plan(args, rest: list[str]) -> Plan:
 def _verify(plan: Plan) -> int:
     _say(f"training {' '.join(plan.train_args) or 'the default job'} for at most {plan.steps} steps, "
          f"{plan.stops} stops (--stop-seed {plan.stop_seed}); run dirs in {plan.work_dir}")
-    reference = _uninterrupted(plan, "uninterrupted")
+    with ThreadPoolExecutor(1) as pool:  # the two runs are independent: train them side by side
+        pending = pool.submit(_uninterrupted, plan, "uninterrupted")
+        interrupted = _interrupted(plan)
+        reference = pending.result()
     total = _position(reference)["global_step"]
-    interrupted = _interrupted(plan, total)
+    if _position(interrupted)["global_step"] != total:
+        raise VerifyError(f"the interrupted run ended at global step {_position(interrupted)['global_step']}, "
+                          f"the uninterrupted one at {total}")
     _say("comparing every variable of the two final checkpoints")
     diffs, count = compare(reference.run_dir, interrupted.run_dir)
     runs = [reference, interrupted]
@@ -158,27 +168,33 @@ def _verify(plan: Plan) -> int:
 
 def _uninterrupted(plan: Plan, name: str) -> Run:
     run = Run(name, plan.work_dir / name)
-    _say(f"{name} run ...")
+    _say(f"{name} run started")
     started = time.monotonic()
-    code, _ = _train(plan, run, None, None)
+    code = _finish(run, _start(plan, run), [], None)
     if code != exitcodes.DONE:
         raise _run_failed(run, code)
     where = _position(run)
-    _say(f"{name} run done: global step {where['global_step']} (epoch {where['epoch']} done, "
-         f"{where['step_in_epoch']} steps into the next) in {time.monotonic() - started:.1f}s")
+    _say(f"{name} run done: global step {where['global_step']} ({where['epoch']} epochs and "
+         f"{where['step_in_epoch']} steps) in {time.monotonic() - started:.1f}s")
     return run
 
 
-def _interrupted(plan: Plan, total: int) -> Run:
+def _interrupted(plan: Plan) -> Run:
     """The same run, signalled at ``plan.stops`` random reported steps and resumed to the end."""
     run = Run("interrupted", plan.work_dir / "interrupted")
-    rng = random.Random(plan.stop_seed)
-    targets = sorted(rng.sample(range(1, total), min(plan.stops, total - 1)))
-    _say(f"interrupted run: signals once it reports global steps {', '.join(map(str, targets))}")
+    _say("interrupted run started")
+    proc = _start(plan, run)
+    seen, total = _read_total(proc, plan.steps)
+    targets = sorted(random.Random(plan.stop_seed).sample(range(1, total), min(plan.stops, total - 1)))
+    _say(f"interrupted run: {total} steps; signals once it reports global steps {', '.join(map(str, targets))}")
     reached = 0
     for index, target in enumerate(targets):
         sig = SIGNALS[index % len(SIGNALS)]
-        code, _ = _train(plan, run, max(target, reached + 1), sig)
+        if proc is None:
+            proc, seen = _start(plan, run), []
+        more, landed = _read_until_step(proc, max(target, reached + 1))
+        code = _finish(run, proc, seen + more, sig if landed else None)
+        proc = None
         if code == exitcodes.DONE:
             _say(f"  the run finished before the {signal.Signals(sig).name} landed")
             return run
@@ -191,22 +207,26 @@ def _interrupted(plan: Plan, total: int) -> Run:
                               f"{committed}: steps were lost")
         _say(f"  stop {index + 1}: {signal.Signals(sig).name} at epoch {epoch} step {step}/{steps} "
              f"(global step {reached}), ckpt-{number}")
-    code, _ = _train(plan, run, None, None)
+    if proc is None:
+        proc, seen = _start(plan, run), []
+    code = _finish(run, proc, seen, None)
     if code != exitcodes.DONE:
         raise _run_failed(run, code)
     _say(f"  resumed to the end: global step {_position(run)['global_step']}")
     return run
 
 
-def _train(plan: Plan, run: Run, target: int | None, sig: int | None) -> tuple[int, str]:
-    """One ``train`` process in ``run``'s dir; with ``target``, ``sig`` is sent once it reports that
-    global step. (exit code, output); the output is added to the run's."""
+def _start(plan: Plan, run: Run) -> subprocess.Popen:
+    """One ``train`` process in ``run``'s dir, its output and errors in one pipe."""
     argv = [sys.executable, "-m", "trainer", "train", *plan.train_args, "--run-dir", str(run.run_dir),
             "--max-steps", str(plan.steps), *RUN_FLAGS]
-    proc = subprocess.Popen(argv, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(argv, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(run: Run, proc: subprocess.Popen, seen: list[str], sig: int | None) -> int:
+    """Send ``sig`` (if any), wait for the end, add the output to the run's; the exit code."""
     try:
-        seen, reached = _read_until_step(proc, target) if target else ([], False)
-        if reached:
+        if sig:
             proc.send_signal(sig)
         rest, _ = proc.communicate()
     finally:
@@ -218,7 +238,20 @@ def _train(plan: Plan, run: Run, target: int | None, sig: int | None) -> tuple[i
         raise VerifyError(f"a start of the {run.name} run did not resume where the previous one stopped:\n"
                           + _tail(output))
     run.outputs.append(output)
-    return proc.returncode, output
+    return proc.returncode
+
+
+def _read_total(proc: subprocess.Popen, steps: int) -> tuple[list[str], int]:
+    """(the lines read, the steps the run will train) from its start-up lines: at most ``steps``."""
+    seen, per_epoch = [], None
+    for line in proc.stdout:
+        seen.append(line)
+        found = STEPS_PER_EPOCH.search(line)
+        per_epoch = int(found.group(1)) if found else per_epoch
+        epochs = NEW_RUN.search(line)
+        if epochs and per_epoch:
+            return seen, min(steps, per_epoch * int(epochs.group(1)))
+    return seen, steps  # it ended first: _finish reports why
 
 
 def _read_until_step(proc: subprocess.Popen, target: int) -> tuple[list[str], bool]:
@@ -282,7 +315,13 @@ def compare(a: Path, b: Path) -> tuple[list[tuple[str, float]], int]:
         elif x.tobytes() != y.tobytes():
             gap = np.abs(x.astype(np.float64) - y.astype(np.float64)) if x.dtype.kind in "fiub" else None
             diffs.append((key, float(np.nanmax(gap)) if gap is not None and gap.size else float("nan")))
-    return sorted(diffs, key=lambda d: -d[1] if d[1] == d[1] else 0.0), len(left.keys() | right.keys())
+    return sorted(diffs, key=_shown_first), len(left.keys() | right.keys())
+
+
+def _shown_first(diff: tuple[str, float]) -> tuple:
+    """Model weights first, then optimizer, then metrics; the largest difference first in each."""
+    name, gap = diff
+    return GROUPS.index(name.split("/", 1)[0]), -gap if gap == gap else 0.0
 
 
 def _variables(run_dir: Path) -> dict:
@@ -294,7 +333,7 @@ def _variables(run_dir: Path) -> dict:
     reader = tf.train.load_checkpoint(str(folder / f"ckpt-{committed(os.listdir(folder))[0]}"))
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
     return {_readable(k[:-len(suffix)]): reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.endswith(suffix) and k.split("/", 1)[0] in ("model", "optimizer", "metrics")}
+            if k.endswith(suffix) and k.split("/", 1)[0] in GROUPS}
 
 
 def _readable(key: str) -> str:
@@ -326,12 +365,12 @@ def _causes(again, runs: list[Run], plan: Plan) -> list[str]:
     causes = []
     if again:
         names = ", ".join(name for name, _ in again[:3])
-        ops = ("TF op determinism is off (--no-deterministic)" if "--no-deterministic" in plan.train_args
-               else "an unseeded random op")
+        ops = (" TF op determinism is off (--no-deterministic): ops may add up in another order each run."
+               if "--no-deterministic" in plan.train_args else "")
         causes.append(f"the job is not deterministic: two uninterrupted runs already differ ({len(again)} "
-                      f"variables, e.g. {names}). build_data must give the same batches for the same seed "
-                      f"and epoch (no unseeded numpy/python/tf.random, no order that depends on timing), "
-                      f"and no {ops} may decide what a step computes")
+                      f"variables, e.g. {names}). build_data and the model must give the same result for "
+                      f"the same seed and epoch: no unseeded numpy, Python or tf.random draws, no order "
+                      f"that depends on timing.{ops}")
     causes += _warnings(runs)
     if not causes:
         causes.append("none the runs report: something outside the checkpoint changes training after a "
