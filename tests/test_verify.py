@@ -62,3 +62,36 @@ def test_verify_names_a_callback_with_state_and_no_protocol():
 def test_verify_bad_input_exits_2(args, expected):
     code, out = verify(*args)
     assert code == 2 and expected in out, out
+
+
+# -- the causes verify reads from the runs' output (unit tests of that seam, no training) --
+def _run_with(output):
+    from pathlib import Path
+
+    from trainer.verify import Run
+    return Run("uninterrupted", Path("unused"), [output])
+
+
+@pytest.mark.parametrize("warning, cause", [
+    ("[trainer] WARNING callback LrDecay has state (batches) and no get_state/set_state: its state restarts "
+     "at each resume", "a callback keeps state in its attributes without the state protocol"),
+    ("[trainer] WARNING job x.py: build_data's training data is a plain tf.data.Dataset: a resumed epoch "
+     "skips the batches already trained on", "the training data is a plain tf.data.Dataset"),
+    ("[trainer] WARNING the pipeline cannot be checkpointed (py_function); resumed epochs skip batches",
+     "the tf.data pipeline cannot be checkpointed"),
+])
+def test_verify_names_the_cause_a_start_up_warning_gives(warning, cause):
+    from trainer.verify import Plan, _causes
+    plan = Plan([], 10, 1, 0, helpers.ROOT)
+    causes = _causes([], [_run_with(f"[trainer] INFO start-up\n{warning}\nSTEP {{}}\n")], plan)
+    assert len(causes) == 1 and causes[0].startswith(cause), causes
+    assert _causes([], [_run_with("[trainer] INFO start-up\n")], plan)[0].startswith("none the runs report")
+
+
+def test_verify_names_an_op_that_determinism_refuses():
+    from trainer.verify import _run_failed
+    output = ("Traceback (most recent call last):\n  ...\ntensorflow.python.framework.errors_impl.UnimplementedError: "
+              "A deterministic GPU implementation of SparseSoftmaxXentWithLogitsOp is not currently available.\n")
+    error = _run_failed(_run_with(output), 1)
+    assert error.code == 1 and "likely cause: TF op determinism (on by default) refuses an op" in str(error)
+    assert "likely cause" not in str(_run_failed(_run_with("Traceback ...\nValueError: bad shape\n"), 1))

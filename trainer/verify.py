@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -46,11 +47,11 @@ CAUSES = (
     ("cannot be checkpointed",
      "the tf.data pipeline cannot be checkpointed, so a resumed epoch falls back to skipping batches"),
     ("a resumed epoch skips the batches",
-     "the training data is a plain tf.data.Dataset: a resumed epoch skips batches in a new iteration, "
-     "exact only if it yields the same batches every time"),
+     ("the training data is a plain tf.data.Dataset: a resumed epoch skips batches in a new iteration, "
+      "exact only if it yields the same batches every time")),
     ("PyDataset that overrides on_epoch_end",
-     "the training data is a PyDataset with its own on_epoch_end: a resumed epoch is exact only if "
-     "__getitem__ returns the same batch for the same index"),
+     ("the training data is a PyDataset with its own on_epoch_end: a resumed epoch is exact only if "
+      "__getitem__ returns the same batch for the same index")),
 )
 SHOWN_VARIABLES = 12
 GROUPS = ("model", "optimizer", "metrics")  # the checkpoint's variables, in the order failures show them
@@ -87,7 +88,7 @@ class Run:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="trainer verify", description="Prove that a job resumes exactly: an uninterrupted short run "
+        prog="trainer verify", allow_abbrev=False, description="Prove that a job resumes exactly: an uninterrupted short run "
         "and the same run stopped by real signals at random steps, every variable compared bitwise. Flags "
         "it does not know (the job's settings, --preset, --epochs, --seed, ...) go to `train`.")
     p.add_argument("--job", default=None, help="the job file or module, as for `train` (default: the default job)")
@@ -95,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stops", type=int, default=3, help="signals sent to the interrupted run (default 3)")
     p.add_argument("--stop-seed", type=int, default=None,
                    help="seed of the random stop steps (default: a new one, printed, to repeat a failure)")
-    p.add_argument("--work-dir", default=None, help="where to make the folder of the run dirs (default: the system's temporary folder)")
+    p.add_argument("--work-dir", default=None,
+                   help="where to make the folder of the run dirs (default: the system's temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the run dirs (default: removed at the end)")
     return p
 
@@ -140,7 +142,7 @@ def _plan(args, rest: list[str]) -> Plan:
 # -- the phases ------------------------------------------------------------------------------------------
 def _verify(plan: Plan) -> int:
     _say(f"training {' '.join(plan.train_args) or 'the default job'} for at most {plan.steps} steps, "
-         f"{plan.stops} stops (--stop-seed {plan.stop_seed}); run dirs in {plan.work_dir}")
+         f"{plan.stops} stop{'s' if plan.stops != 1 else ''} (--stop-seed {plan.stop_seed}); run dirs in {plan.work_dir}")
     with ThreadPoolExecutor(1) as pool:  # the two runs are independent: train them side by side
         pending = pool.submit(_uninterrupted, plan, "uninterrupted")
         interrupted = _interrupted(plan)
@@ -185,6 +187,9 @@ def _interrupted(plan: Plan) -> Run:
     _say("interrupted run started")
     proc = _start(plan, run)
     seen, total = _read_total(proc, plan.steps)
+    if total < 2:
+        _finish(run, proc, seen, None)
+        raise VerifyError(f"the job trains {total} step in all: there is no step to stop at")
     targets = sorted(random.Random(plan.stop_seed).sample(range(1, total), min(plan.stops, total - 1)))
     _say(f"interrupted run: {total} steps; signals once it reports global steps {', '.join(map(str, targets))}")
     reached = 0
@@ -295,7 +300,7 @@ def _last_stop(run: Run) -> tuple[int, ...]:
 def _position(run: Run) -> dict:
     """The newest committed checkpoint's position, from ``status --json``."""
     result = subprocess.run([sys.executable, "-m", "trainer", "status", str(run.run_dir), "--json"],
-                            env=_child_env(), capture_output=True, text=True)
+                            env=_child_env(), capture_output=True, text=True, check=False)
     latest = json.loads(result.stdout)["latest"] if result.returncode == 0 else None
     if not latest:
         raise VerifyError(f"the {run.name} run has no committed checkpoint:\n{_tail(run.output)}")
@@ -321,7 +326,7 @@ def compare(a: Path, b: Path) -> tuple[list[tuple[str, float]], int]:
 def _shown_first(diff: tuple[str, float]) -> tuple:
     """Model weights first, then optimizer, then metrics; the largest difference first in each."""
     name, gap = diff
-    return GROUPS.index(name.split("/", 1)[0]), -gap if gap == gap else 0.0
+    return GROUPS.index(name.split("/", 1)[0]), 0.0 if math.isnan(gap) else -gap
 
 
 def _variables(run_dir: Path) -> dict:
@@ -386,8 +391,9 @@ def _run_failed(run: Run, code: int) -> VerifyError:
         return VerifyError(f"`train` refused the job or its flags (exit 2):\n{_tail(output)}", code)
     hint = ""
     if re.search(r"determinis", output, re.IGNORECASE) and "Error" in output:
-        hint = ("\nlikely cause: an op without a deterministic kernel (TF op determinism is on); replace "
-                "the op, or pass --no-deterministic (resume is then no longer bitwise exact)")
+        hint = ("\nlikely cause: TF op determinism (on by default) refuses an op, named above: one without a "
+                "deterministic kernel, or a random op without a seed; replace or seed it, or pass "
+                "--no-deterministic (resume is then no longer bitwise exact)")
     return VerifyError(f"the {run.name} run exited with {code}:\n{_tail(output)}{hint}")
 
 
