@@ -1,5 +1,7 @@
 """``trainer verify`` on jobs that resume exactly (it passes) and on jobs that do not (it fails and
 names the cause). Every verdict is bitwise: the stops land wherever they land."""
+import json
+
 import pytest
 
 from tests import helpers
@@ -62,6 +64,22 @@ def test_verify_names_a_callback_with_state_and_no_protocol():
 def test_verify_bad_input_exits_2(args, expected):
     code, out = verify(*args)
     assert code == 2 and expected in out, out
+
+
+def test_max_steps_ends_mid_epoch_and_a_later_start_continues_exactly(tmp_path, uninterrupted):
+    from tests.test_resume import DIGITS  # the same arguments share the uninterrupted digits run
+    reference = uninterrupted("digits", DIGITS)
+    run_dir = tmp_path / "run"
+    limited = helpers.run(["train", "--run-dir", str(run_dir), *DIGITS, "--quiet", "--max-steps", "60"])
+    assert limited.returncode == 0, limited.stdout + limited.stderr
+    assert "training complete (--max-steps 60): 1 epochs, global step 60," in limited.stdout
+    latest = json.loads(helpers.run(["status", str(run_dir), "--json"]).stdout)["latest"]
+    assert (latest["global_step"], latest["reason"]) == (60, "step limit")
+    rest = helpers.run(["train", "--run-dir", str(run_dir), *DIGITS, "--quiet"])
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert "at epoch 2 step 13/47 (global step 60)" in rest.stderr
+    assert "training complete: 3 epochs, global step 141," in rest.stdout
+    helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(run_dir))
 
 
 # -- the causes verify reads from the runs' output (unit tests of that seam, no training) --
