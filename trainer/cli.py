@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "verify":
         setup_logging()
         from .verify import main as verify_main
-        return verify_main(argv[1:])
+        return verify_main(argv[1:], f"{PROG} verify")
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     log = logging.getLogger("trainer")

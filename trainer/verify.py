@@ -86,9 +86,10 @@ class Run:
         return "".join(self.outputs)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "trainer verify") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="trainer verify", allow_abbrev=False, description="Prove that a job resumes exactly: an uninterrupted short run "
+        prog=prog, allow_abbrev=False, epilog="Exit code 0: bitwise equal; 1: they differ, or a run failed "
+        "(the likely cause is named); 2: a bad flag, job or setting.", description="Prove that a job resumes exactly: an uninterrupted short run "
         "and the same run stopped by real signals at random steps, every variable compared bitwise. Flags "
         "it does not know (the job's settings, --preset, --epochs, --seed, ...) go to `train`.")
     p.add_argument("--job", default=None, help="the job file or module, as for `train` (default: the default job)")
@@ -102,8 +103,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    args, rest = parser().parse_known_args(argv)
+def main(argv: list[str], prog: str = "trainer verify") -> int:
+    args, rest = parser(prog).parse_known_args(argv)
     try:
         plan = _plan(args, rest)
     except VerifyError as exc:
@@ -142,7 +143,7 @@ def _plan(args, rest: list[str]) -> Plan:
 # -- the phases ------------------------------------------------------------------------------------------
 def _verify(plan: Plan) -> int:
     _say(f"training {' '.join(plan.train_args) or 'the default job'} for at most {plan.steps} steps, "
-         f"{plan.stops} stop{'s' if plan.stops != 1 else ''} (--stop-seed {plan.stop_seed}); run dirs in {plan.work_dir}")
+         f"{_count(plan.stops, 'stop')} (--stop-seed {plan.stop_seed}); run dirs in {plan.work_dir}")
     with ThreadPoolExecutor(1) as pool:  # the two runs are independent: train them side by side
         pending = pool.submit(_uninterrupted, plan, "uninterrupted")
         interrupted = _interrupted(plan)
@@ -156,7 +157,7 @@ def _verify(plan: Plan) -> int:
     runs = [reference, interrupted]
     if not diffs:
         _say(f"PASSED: all {count} variables bitwise equal after {total} steps with "
-             f"{len(_stops(interrupted))} stops: this job resumes exactly")
+             f"{_count(len(_stops(interrupted)), 'stop')}: this job resumes exactly")
         for note in _warnings(runs):
             _say(f"note: passed, but a start-up warning says {note}; try more --steps and --stops")
         return exitcodes.DONE
@@ -399,6 +400,10 @@ def _run_failed(run: Run, code: int) -> VerifyError:
 
 def _tail(output: str, lines: int = 15) -> str:
     return "\n".join("    " + line for line in output.rstrip().splitlines()[-lines:])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _say(message: str) -> None:
