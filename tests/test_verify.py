@@ -59,7 +59,7 @@ def test_verify_names_a_callback_with_state_and_no_protocol():
 @pytest.mark.parametrize("args, expected", [
     (["--run-dir", "x"], "--run-dir: verify chooses it itself"),
     (["--steps", "1"], "--steps: must be >= 2"),
-    (["--job", "jobs/digits.py", "--hidden", "many"], "--hidden: 'many' is not a valid int"),
+    (["--stops", "5", "--steps", "5"], "--stops: 5 stops need more than 5 --steps"),
 ])
 def test_verify_bad_input_exits_2(args, expected):
     code, out = verify(*args)
@@ -91,10 +91,10 @@ def _run_with(output):
 
 
 @pytest.mark.parametrize("warning, cause", [
-    ("[trainer] WARNING callback LrDecay has state (batches) and no get_state/set_state: its state restarts "
-     "at each resume", "a callback keeps state in its attributes without the state protocol"),
-    ("[trainer] WARNING job x.py: build_data's training data is a plain tf.data.Dataset: a resumed epoch "
-     "skips the batches already trained on", "the training data is a plain tf.data.Dataset"),
+    (("[trainer] WARNING callback LrDecay has state (batches) and no get_state/set_state: its state restarts "
+      "at each resume"), "a callback keeps state in its attributes without the state protocol"),
+    (("[trainer] WARNING job x.py: build_data's training data is a plain tf.data.Dataset: a resumed epoch "
+      "skips the batches already trained on"), "the training data is a plain tf.data.Dataset"),
     ("[trainer] WARNING the pipeline cannot be checkpointed (py_function); resumed epochs skip batches",
      "the tf.data pipeline cannot be checkpointed"),
 ])
@@ -113,3 +113,11 @@ def test_verify_names_an_op_that_determinism_refuses():
     error = _run_failed(_run_with(output), 1)
     assert error.code == 1 and "likely cause: TF op determinism (on by default) refuses an op" in str(error)
     assert "likely cause" not in str(_run_failed(_run_with("Traceback ...\nValueError: bad shape\n"), 1))
+
+
+def test_verify_exits_2_when_train_refuses_the_job_or_its_flags():
+    from trainer.verify import _run_failed
+    refused = "[trainer] ERROR --hidden: 'many' is not a valid int (invalid literal for int() with base 10)\n"
+    error = _run_failed(_run_with(refused), 2)
+    assert error.code == 2 and "`train` refused the job or its flags (exit 2)" in str(error)
+    assert "--hidden: 'many' is not a valid int" in str(error)
