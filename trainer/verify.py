@@ -16,6 +16,7 @@ warnings of the runs name what (a callback with state, a pipeline that skips).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -144,7 +145,8 @@ def _plan(args, rest: list[str]) -> Plan:
 def _verify(plan: Plan) -> int:
     _say(f"training {' '.join(plan.train_args) or 'the default job'} for at most {plan.steps} steps, "
          f"{_count(plan.stops, 'stop')} (--stop-seed {plan.stop_seed}); run dirs in {plan.work_dir}")
-    with ThreadPoolExecutor(1) as pool:  # the two runs are independent: train them side by side
+    with ThreadPoolExecutor(2) as pool:  # the two runs are independent: train them side by side
+        pool.submit(importlib.import_module, "tensorflow")  # for the comparison, loaded meanwhile
         pending = pool.submit(_uninterrupted, plan, "uninterrupted")
         interrupted = _interrupted(plan)
         reference = pending.result()
