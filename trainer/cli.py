@@ -1,4 +1,4 @@
-"""Command line: ``python -m trainer {train,lr,status,export,jobs}`` (or the ``trainer`` script).
+"""Command line: ``python -m trainer {train,verify,lr,status,export,jobs}`` (or the ``trainer`` script).
 
 The only place that parses flags. ``train`` parses in two stages: ``--job``
 first, then the trainer's flags together with the flags generated from the
@@ -24,7 +24,7 @@ PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
 TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "snapshot_on_device",
                  "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_s",
-                 "quiet", "log_every_steps", "tensorboard", "export")
+                 "quiet", "log_every_steps", "tensorboard", "export", "max_steps")
 
 
 def _json_object(text: str) -> dict:
@@ -77,6 +77,8 @@ def train_parser(job=None) -> argparse.ArgumentParser:
             ("--keep-every-epochs", int, "keep the checkpoint of every N-th epoch for good (default 5)"),
             ("--lr-poll-seconds", float, "how often a running run looks for `lr` requests (default 10)"),
             ("--log-every-steps", int, "print a STEP line every N steps (for log files)"),
+            ("--max-steps", int, "end the run once global step N is done, with a checkpoint, as if its "
+                                 "epochs ended there (a later start may raise it; `verify` bounds its runs so)"),
             ("--staging-dir", str, "local folder for checkpoints of a remote run dir")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
     t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_s", type=float, default=None,
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="start or resume training (`train --help` lists its flags)", add_help=False)
+    sub.add_parser("verify", help="prove that a job resumes exactly: run it, stop it, compare "
+                                  "(`verify --help` lists its flags)", add_help=False)
 
     lr = sub.add_parser("lr", help="change a run's learning rate",
                         description="Request a learning-rate change: a run that is training applies it at "
@@ -208,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "train":
         return _train_main(argv[1:])
+    if argv and argv[0] == "verify":
+        setup_logging()
+        from .verify import main as verify_main
+        return verify_main(argv[1:], f"{PROG} verify")
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     log = logging.getLogger("trainer")

@@ -50,6 +50,7 @@ class TrainConfig:
     log_every_steps: int | None = None
     tensorboard: bool = True
     export: bool = True                 # write <run-dir>/model.keras at the end
+    max_steps: int | None = None        # end after this global step, as if the epochs ended there (verify)
 
     def __post_init__(self):
         self.validate()
@@ -67,7 +68,7 @@ class TrainConfig:
             raise ConfigError("cpu_devices", f"trains one process over N logical CPU devices with "
                               f"MirroredStrategy; it cannot be combined with --strategy {self.strategy}",
                               "use --strategy auto or mirrored")
-        for name in ("save_every_steps", "keep_every_epochs", "log_every_steps", "cpu_devices"):
+        for name in ("save_every_steps", "keep_every_epochs", "log_every_steps", "cpu_devices", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(name, f"must be >= 1 or unset, got {value!r}")

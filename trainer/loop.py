@@ -69,6 +69,7 @@ class Loop:
     callbacks: keras.callbacks.CallbackList | None = None
     callback_states: CallbackStates | None = None  # what the callbacks resume with (with ``callbacks``)
     validation_freq: int | tuple = 1  # as model.fit's: every N epochs, or the listed (1-based) epochs
+    max_steps: int | None = None   # end once this global step is done (``--max-steps``)
 
     def __post_init__(self):
         self.steps_per_execution = self.model.steps_per_execution  # (checked when the job was loaded)
@@ -126,7 +127,7 @@ class Loop:
             self.callback_states.train_begin(cbs, mid_epoch=self.state.step_in_epoch > 0)
         logs: dict = {}
         self.model.stop_training = False
-        while self.state.epoch < self.epochs and not self.state.stopped_early:
+        while self.state.epoch < self.epochs and not self.state.stopped_early and not self._at_step_limit():
             logs = self._epoch()
         if cbs:
             cbs.on_train_end(logs)
@@ -149,6 +150,8 @@ class Loop:
         n = self.steps_per_execution
         while state.step_in_epoch < steps:
             count = execution.length(state.step_in_epoch, steps, n)
+            if self.max_steps is not None:  # (--max-steps ends the run inside an execution)
+                count = min(count, self.max_steps - state.global_step)
             begin, end = execution.batch_numbers(state.step_in_epoch, n)
             if self._batch_hooks:
                 cbs.on_train_batch_begin(begin)
@@ -157,9 +160,15 @@ class Loop:
                 cbs.on_train_batch_end(end, logs)
             self.progress.step(logs, count)
             self._boundary(decided, steps, count, logs)
-            if model.stop_training:
+            if model.stop_training or self._at_step_limit():
                 break
+        if self._at_step_limit() and state.step_in_epoch < steps and not model.stop_training:
+            self.saver.save("step limit")  # mid-epoch: the run ends here, the epoch stays open
+            return {}
         return self._end_epoch(epoch, logs)
+
+    def _at_step_limit(self) -> bool:
+        return self.max_steps is not None and self.state.global_step >= self.max_steps
 
     def _execute(self, iterator, count: int):
         """One execution of ``count`` steps; (its logs, what every process does at the boundary

@@ -295,12 +295,13 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
                 cfg.epochs, state, saver, stop, agreement,
                 Progress(state, steps, cfg.epochs, cfg.quiet, cfg.log_every_steps), steering,
                 requests if chief else None, writers.history, built.callbacks, built.callback_states,
-                validation_freq=job.fit_options().validation_freq)
+                validation_freq=job.fit_options().validation_freq, max_steps=cfg.max_steps)
     try:
         loop.run()
     except Interrupted as exc:
         return _stopped(exc.signum, stop, state, steps, exc.checkpoint, writers, resume_command)
-    print(f"training complete: {state.epoch} epochs, global step {state.global_step}, "
+    limit = f" (--max-steps {cfg.max_steps})" if state.epoch < cfg.epochs and not state.stopped_early else ""
+    print(f"training complete{limit}: {state.epoch} epochs, global step {state.global_step}, "
           f"final {json.dumps(_last_metrics(state))}", flush=True)
     return _finished(writers, state, saver.last_checkpoint, built.model, cfg, storage, chief)
 

@@ -1,0 +1,123 @@
+"""``trainer verify`` on jobs that resume exactly (it passes) and on jobs that do not (it fails and
+names the cause). Every verdict is bitwise: the stops land wherever they land."""
+import json
+
+import pytest
+
+from tests import helpers
+
+FLAWED = str(helpers.ROOT / "tests" / "flawed_job.py")
+# the callback-state warning of the trainer (see README: Check a new job with verify)
+CALLBACK_WARNING = "its state restarts at each resume"
+
+
+def verify(*args):
+    result = helpers.run(["verify", *args], timeout=900)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_verify_passes_on_digits():
+    code, out = verify("--job", "jobs/digits.py", "--steps", "60", "--stops", "2", "--stop-seed", "5")
+    assert code == 0, out
+    assert "interrupted run: 60 steps; signals once it reports global steps" in out
+    assert "uninterrupted run done: global step 60 (1 epochs and 13 steps)" in out  # --max-steps ends it
+    assert "PASSED: all 26 variables bitwise equal after 60 steps" in out
+
+
+def test_verify_passes_on_the_reference_job_tiny():
+    code, out = verify("--preset", "tiny", "--train-size", "512", "--val-size", "64", "--epochs", "2",
+                       "--steps", "24", "--stops", "1", "--stop-seed", "3")
+    assert code == 0, out
+    assert "interrupted run: 24 steps;" in out and "bitwise equal after 24 steps" in out
+
+
+def test_verify_names_data_that_is_not_deterministic():
+    code, out = verify("--job", FLAWED, "--flaw", "unseeded-data", "--steps", "30", "--stops", "1",
+                       "--stop-seed", "3")
+    assert code == 1, out
+    assert "FAILED: " in out and "model/sequential/dense/kernel: " in out
+    assert "likely cause: the job is not deterministic: two uninterrupted runs already differ" in out
+
+
+def test_verify_names_a_callback_with_state_and_no_protocol():
+    # the signal is requested at step 4 of 40: the resumed run always has steps left, in which the
+    # callback's counter (restarted at 0) sets another learning rate
+    code, out = verify("--job", FLAWED, "--flaw", "stateful-callback", "--steps", "40", "--stops", "1",
+                       "--stop-seed", "2")
+    assert "signals once it reports global steps 4\n" in out
+    assert code == 1, out
+    assert "optimizer/sgd/learning_rate: " in out and "model/sequential/dense/kernel: " in out
+    assert "not deterministic" not in out  # a second uninterrupted run is equal to the first
+    trainer_warns = any(CALLBACK_WARNING in p.read_text() for p in (helpers.ROOT / "trainer").glob("*.py")
+                        if p.name != "verify.py")
+    if trainer_warns:
+        assert "likely cause: a callback keeps state in its attributes without the state protocol" in out
+    else:  # (before the trainer warns about such callbacks, verify says it found no reported cause)
+        assert "likely cause: none the runs report" in out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--run-dir", "x"], "--run-dir: verify chooses it itself"),
+    (["--steps", "1"], "--steps: must be >= 2"),
+    (["--stops", "5", "--steps", "5"], "--stops: 5 stops need more than 5 --steps"),
+])
+def test_verify_bad_input_exits_2(args, expected):
+    code, out = verify(*args)
+    assert code == 2 and expected in out, out
+
+
+def test_max_steps_ends_mid_epoch_and_a_later_start_continues_exactly(tmp_path, uninterrupted):
+    from tests.test_resume import DIGITS  # the same arguments share the uninterrupted digits run
+    reference = uninterrupted("digits", DIGITS)
+    run_dir = tmp_path / "run"
+    limited = helpers.run(["train", "--run-dir", str(run_dir), *DIGITS, "--quiet", "--max-steps", "60"])
+    assert limited.returncode == 0, limited.stdout + limited.stderr
+    assert "training complete (--max-steps 60): 1 epochs, global step 60," in limited.stdout
+    latest = json.loads(helpers.run(["status", str(run_dir), "--json"]).stdout)["latest"]
+    assert (latest["global_step"], latest["reason"]) == (60, "step limit")
+    rest = helpers.run(["train", "--run-dir", str(run_dir), *DIGITS, "--quiet"])
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert "at epoch 2 step 13/47 (global step 60)" in rest.stderr
+    assert "training complete: 3 epochs, global step 141," in rest.stdout
+    helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(run_dir))
+
+
+# -- the causes verify reads from the runs' output (unit tests of that seam, no training) --
+def _run_with(output):
+    from pathlib import Path
+
+    from trainer.verify import Run
+    return Run("uninterrupted", Path("unused"), [output])
+
+
+@pytest.mark.parametrize("warning, cause", [
+    (("[trainer] WARNING callback LrDecay has state (batches) and no get_state/set_state: its state restarts "
+      "at each resume"), "a callback keeps state in its attributes without the state protocol"),
+    (("[trainer] WARNING job x.py: build_data's training data is a plain tf.data.Dataset: a resumed epoch "
+      "skips the batches already trained on"), "the training data is a plain tf.data.Dataset"),
+    ("[trainer] WARNING the pipeline cannot be checkpointed (py_function); resumed epochs skip batches",
+     "the tf.data pipeline cannot be checkpointed"),
+])
+def test_verify_names_the_cause_a_start_up_warning_gives(warning, cause):
+    from trainer.verify import Plan, _causes
+    plan = Plan([], 10, 1, 0, helpers.ROOT)
+    causes = _causes([], [_run_with(f"[trainer] INFO start-up\n{warning}\nSTEP {{}}\n")], plan)
+    assert len(causes) == 1 and causes[0].startswith(cause), causes
+    assert _causes([], [_run_with("[trainer] INFO start-up\n")], plan)[0].startswith("none the runs report")
+
+
+def test_verify_names_an_op_that_determinism_refuses():
+    from trainer.verify import _run_failed
+    output = ("Traceback (most recent call last):\n  ...\ntensorflow.python.framework.errors_impl.UnimplementedError: "
+              "A deterministic GPU implementation of SparseSoftmaxXentWithLogitsOp is not currently available.\n")
+    error = _run_failed(_run_with(output), 1)
+    assert error.code == 1 and "likely cause: TF op determinism (on by default) refuses an op" in str(error)
+    assert "likely cause" not in str(_run_failed(_run_with("Traceback ...\nValueError: bad shape\n"), 1))
+
+
+def test_verify_exits_2_when_train_refuses_the_job_or_its_flags():
+    from trainer.verify import _run_failed
+    refused = "[trainer] ERROR --hidden: 'many' is not a valid int (invalid literal for int() with base 10)\n"
+    error = _run_failed(_run_with(refused), 2)
+    assert error.code == 2 and "`train` refused the job or its flags (exit 2)" in str(error)
+    assert "--hidden: 'many' is not a valid int" in str(error)
