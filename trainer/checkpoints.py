@@ -104,6 +104,7 @@ def _shadow(var, on_device: bool) -> tf.Variable:
 
 HOST = "/device:CPU:0"
 REPLICA_PARTS = "replica_parts"  # a checkpoint group: each replica's part of the summed metrics
+OPTIONAL_GROUPS = ("data",)  # groups that older checkpoints lack (restoring leaves their variables as they are)
 
 
 def _part(key: str, replica: int) -> str:
@@ -418,7 +419,7 @@ class CheckpointStore:
             stored = dict(tf.train.list_variables(prefix))
         except (tf.errors.OpError, ValueError) as exc:
             raise CorruptCheckpoint(f"its index cannot be read ({str(exc).splitlines()[0][:160]})") from exc
-        missing = [k for k in self.expected_shapes if k not in stored]
+        missing = [k for k in self.expected_shapes if k not in stored and k.split("/")[0] not in OPTIONAL_GROUPS]
         wrong = [k for k, shape in self.expected_shapes.items()
                  if k in stored and tuple(stored[k]) != tuple(shape)]
         extra = [k for k in stored if k.startswith("model/") and k not in self.expected_shapes]

@@ -1,0 +1,61 @@
+"""Plain tf.data pipelines resume from their checkpointed iterator state.
+
+A streaming pipeline over TFRecord shards (interleave, shuffle buffer, parallel
+map; jobs/fashion_mnist_files.py) is stopped by SIGTERM at random steps: each
+resume restores the iterator (the log says so and never skips) and the final
+weights are bitwise equal to an uninterrupted run's. A pipeline that cannot be
+checkpointed (a Python generator) says why in one warning and resumes by skipping.
+"""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests import helpers
+
+FILES_JOB = ["--job", "jobs/fashion_mnist_files.py", "--preset", "tiny", "--no-tensorboard",
+             "--save-every-steps", "10"]
+FILES_STEPS = 3 * 32  # 3 epochs of 1024 images in batches of 32
+GENERATOR_JOB = ["--job", "tests/generator_job.py", "--epochs", "2", "--no-tensorboard", "--save-every-steps", "5"]
+GENERATOR_STEPS = 2 * 16
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    """Fashion-MNIST written once as 8 TFRecord shards (the job's documented preparation step)."""
+    folder = tmp_path_factory.mktemp("fmnist-files")
+    subprocess.run([sys.executable, "jobs/fashion_mnist_files.py", "prepare", "--out", str(folder), "--shards", "8",
+                    "--train-size", "1024", "--test-size", "128"], cwd=helpers.ROOT, env=helpers.env(), check=True,
+                   capture_output=True, timeout=300)
+    return folder
+
+
+def test_tfrecord_pipeline_resumes_from_its_iterator_bitwise(tmp_path, shards, uninterrupted):
+    args = [*FILES_JOB, "--files", str(shards)]
+    reference = uninterrupted("files-stream", args)
+    outputs = []
+    stops = helpers.interrupt_randomly(tmp_path / "run", args, signal.SIGTERM, random.Random(), FILES_STEPS,
+                                       interrupts=2, outputs=outputs)
+    for out in outputs:
+        assert "cannot be checkpointed" not in out and "skipping" not in out, out
+    for stop, out in zip(stops, outputs[1:]):  # every resume with steps left restores the iterator
+        if stop[3] < FILES_STEPS:
+            assert "restored the iterator of" in out, out
+    helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(tmp_path / "run"))
+
+
+def test_uncheckpointable_pipeline_warns_once_and_resumes_by_skipping(tmp_path, uninterrupted):
+    reference = uninterrupted("generator", GENERATOR_JOB)
+    outputs = []
+    stops = helpers.interrupt_randomly(tmp_path / "run", GENERATOR_JOB, signal.SIGTERM, random.Random(),
+                                       GENERATOR_STEPS, interrupts=1, outputs=outputs)
+    for out in outputs:
+        assert out.count("whose iterator cannot be checkpointed (PyFunc is stateful)") == 1, out
+        assert "restored the iterator of" not in out, out
+    if stops and stops[0][1] not in (0, stops[0][2]):  # stopped mid-epoch: the resume skips to the position
+        assert f"skipping {stops[0][1]} batches of" in outputs[1], outputs[1]
+    helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(tmp_path / "run"))
