@@ -59,3 +59,39 @@ def test_uncheckpointable_pipeline_warns_once_and_resumes_by_skipping(tmp_path, 
     if stops and stops[0][1] not in (0, stops[0][2]):  # stopped mid-epoch: the resume skips to the position
         assert f"skipping {stops[0][1]} batches of" in outputs[1], outputs[1]
     helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(tmp_path / "run"))
+
+
+def test_one_iterator_over_every_epoch_yields_what_fit_iterates(tmp_path):
+    """fit iterates the dataset once per epoch, and a reshuffling pipeline draws each epoch's order
+    from how often it was iterated: the trainer's single iterator over dataset.repeat() must yield
+    the same batches, epoch after epoch, and so must one restored from a state saved mid-epoch."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer.data import from_job
+
+    for shard in range(4):
+        with tf.io.TFRecordWriter(str(tmp_path / f"s{shard}.tfrecord")) as writer:
+            for i in range(40):
+                writer.write(tf.io.serialize_tensor(tf.constant(shard * 100 + i, tf.int64)).numpy())
+
+    def pipeline():
+        tf.random.set_seed(7)
+        files = tf.data.Dataset.from_tensor_slices(sorted(str(p) for p in tmp_path.glob("*.tfrecord")))
+        examples = files.shuffle(4).interleave(tf.data.TFRecordDataset, cycle_length=2).shuffle(32)
+        batches = examples.map(lambda r: tf.io.parse_tensor(r, tf.int64), num_parallel_calls=2,
+                               deterministic=True).batch(10).prefetch(2)
+        return batches.apply(tf.data.experimental.assert_cardinality(16))
+
+    per_epoch = pipeline()
+    expected = [b.numpy() for _ in range(3) for b in per_epoch]  # fit's way: one pass per epoch
+    assert not np.array_equal(expected[0], expected[16])  # (epochs differ: the test can fail)
+    source = from_job(pipeline(), "train")
+    source.bind(tf.distribute.get_strategy())
+    iterator = source.iterator(0, 0)
+    got = [next(iterator).numpy() for _ in range(21)]
+    source.capture()  # a save at epoch 2 step 5
+    source._iterator = None
+    restored = source.iterator(1, 5)
+    got += [next(restored).numpy() for _ in range(27)]
+    assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))

@@ -291,7 +291,7 @@ class StreamingData:
 
     def capture(self) -> None:
         """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot copies it)."""
-        if self._iterator is not None:
+        if self._iterator is not None and self.reason is None:
             self.state.assign(tf.io.serialize_tensor(self._iterator._serialize_to_tensors()[_STATE]))
 
     def iterator(self, epoch: int, start_step: int):
@@ -314,11 +314,21 @@ class StreamingData:
                      self.what, epoch + 1, start_step)
             return fresh
         if (epoch, start_step) == (0, 0):
-            return fresh
+            return self._checked(fresh)
         log.warning("the checkpoint holds no iterator state of %s (written while it could not be saved); "
                     "skipping %d batches of a new iteration for epoch %d, exact only if the dataset yields "
                     "the same batches every time", self.what, start_step, epoch + 1)
         return iter(self.stream.skip(start_step).concatenate(self.stream.repeat()))
+
+    def _checked(self, iterator):
+        """``iterator``, after making sure its state can be saved (an op without support for
+        symbolic checkpointing refuses only here); if not, the run goes on unsaved, with the warning."""
+        try:
+            iterator._serialize_to_tensors()
+        except tf.errors.OpError as exc:
+            self.reason = _first_line(exc)
+            log.warning("%s", self.warning)
+        return iterator
 
     def dataset(self, seed: int, epoch: int, start_step: int, replicas: Replicas = SINGLE,
                 training: bool = True) -> tf.data.Dataset:
@@ -332,21 +342,15 @@ _STATE = "_STATE"  # the key of a tf.data iterator's serialized state
 
 
 def _checkpointable(dataset: tf.data.Dataset):
-    """(the dataset to iterate, None), symbolically checkpointed if the pipeline allows it;
-    or (``dataset``, why its iterator cannot be saved)."""
+    """(the dataset to iterate, with symbolic checkpointing, None); or (``dataset``, why its
+    iterator cannot be saved). Decided from the pipeline's graph: an iterator made to find
+    out would draw seeds from the pipeline's shuffles and shift every epoch's order."""
     unsafe = _unsafe_to_restore(dataset)
     if unsafe:
         return dataset, unsafe
     options = tf.data.Options()
     options.experimental_symbolic_checkpoint = True
-    reason = None
-    for candidate in (dataset.with_options(options), dataset):
-        try:
-            iter(candidate.repeat())._serialize_to_tensors()
-            return candidate, None
-        except (tf.errors.OpError, ValueError) as exc:
-            reason = _first_line(exc)
-    return dataset, reason
+    return dataset.with_options(options), None
 
 
 # ops whose saved state TensorFlow accepts but whose restored iterator can hang
