@@ -95,3 +95,26 @@ def test_one_iterator_over_every_epoch_yields_what_fit_iterates(tmp_path):
     restored = source.iterator(1, 5)
     got += [next(restored).numpy() for _ in range(27)]
     assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def test_changed_replica_count_warns_and_never_restores_a_stale_iterator(tmp_path, shards):
+    """Saved by one process, resumed with two replicas: the saved iterator does not apply (warning,
+    skipping); stopped and resumed by one process again: that checkpoint holds no iterator state, so
+    the run says so and skips, instead of restoring the state of the first stop."""
+    base = ["train", "--run-dir", str(tmp_path / "run"), *FILES_JOB, "--files", str(shards), "--epochs", "1"]
+    positions = []
+    for extra in ([], ["--strategy", "mirrored", "--cpu-devices", "2"], []):
+        target = positions[-1][3] + 3 if positions else 3
+        code, out = helpers.interrupt_at_step([*base, *extra], signal.SIGTERM, target)
+        if positions:
+            e, s, n, g, _ = positions[-1]
+            mid_epoch = 0 < s < n
+            assert "restored the iterator of" not in out, out
+            if extra:
+                assert out.count("iterator cannot be checkpointed (under MirroredStrategy") == 1, out
+            if mid_epoch:
+                assert (f"skipping {s} batches of" if extra else "holds no iterator state") in out, out
+        if code == 0:  # the run finished before the signal landed
+            break
+        assert code == 128 + signal.SIGTERM, out
+        positions.append(helpers.stop_of(out))

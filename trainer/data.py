@@ -290,8 +290,12 @@ class StreamingData:
         return {"iterator": self.state}
 
     def capture(self) -> None:
-        """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot copies it)."""
-        if self._iterator is not None and self.reason is None:
+        """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot copies it);
+        emptied where it cannot be saved, so that a state restored from a checkpoint of another
+        process count is never carried, stale, into this run's checkpoints."""
+        if self.reason is not None:
+            self.state.assign("")
+        elif self._iterator is not None:
             self.state.assign(tf.io.serialize_tensor(self._iterator._serialize_to_tensors()[_STATE]))
 
     def iterator(self, epoch: int, start_step: int):

@@ -246,7 +246,7 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
 
     saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
                   cfg.save_every_seconds, cfg.keep_every_epochs, cluster.replicas.total,
-                  data=built.train if getattr(built.train, "resumes_iterator", False) else None)
+                  data=built.train if isinstance(built.train, data_mod.StreamingData) else None)
     steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, chief)
     pending = requests.immediate() if chief else None
     value = agreement.share(pending.value if pending else None)
