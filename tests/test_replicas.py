@@ -117,7 +117,7 @@ SHADOW_SCRIPT = textwrap.dedent("""
     with strategy.scope():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
         model.compile(optimizer="adam", loss="mse", metrics=["mae"])
-        groups = prepare(model, (tf.TensorSpec((8, 4)), tf.TensorSpec((8, 3))), "test")
+        groups = prepare(model, (tf.TensorSpec((8, 4)), tf.TensorSpec((8, 3))), "test", strategy)
     for on_device in (False, True):
         with tf.device(devices[1]):  # the default device, as GPU:0 is where there is one
             store = CheckpointStore(groups, Storage(tempfile.mkdtemp()), tempfile.mkdtemp(), 3,
