@@ -252,3 +252,27 @@ def test_missing_fashion_mnist_names_every_place_and_three_fixes(tmp_path, monke
     assert str(tmp_path / "keras") in message and str(tmp_path / "debian") in message
     assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message and "(3)" in message
     sys.modules.pop("fashion_mnist_idx", None)
+
+
+def test_progress_writes_each_line_in_one_write():
+    """A log line from another thread must not land between a STEP line and its newline (a
+    reader of the merged output would see broken JSON)."""
+    from trainer.progress import Progress
+    from trainer.state import TrainerState
+
+    class Stream:
+        writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    stream, state = Stream(), TrainerState(global_step=3, step_in_epoch=3)
+    progress = Progress(state, steps_per_epoch=4, epochs=1, quiet=False, log_every_steps=1, stream=stream)
+    progress.epoch_begin(0)
+    progress.step({"loss": 0.5}, steps_done=1)
+    progress.epoch_end(0, {"loss": 0.5})
+    assert [w.split(" ")[0] for w in stream.writes] == ["Epoch", "STEP", "EPOCH"]
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in stream.writes)

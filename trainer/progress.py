@@ -54,7 +54,7 @@ class Progress:
     def epoch_begin(self, epoch: int) -> None:
         if self.quiet:
             return
-        print(f"Epoch {epoch + 1}/{self.epochs}", file=self.stream, flush=True)
+        self._line(f"Epoch {epoch + 1}/{self.epochs}")
         if not _is_terminal(self.stream):  # a log file gets the EPOCH (and STEP) lines, not a bar
             return
         self._bar = keras.utils.Progbar(self.steps_per_epoch)
@@ -69,7 +69,7 @@ class Progress:
         if crossed(state.global_step - steps_done, state.global_step, self.log_every_steps):
             record = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": self.steps_per_epoch,
                       "global_step": state.global_step, **{k: round(v, 6) for k, v in _floats(logs).items()}}
-            print("STEP " + json.dumps(record), file=self.stream, flush=True)
+            self._line("STEP " + json.dumps(record))
         if self._bar is not None and time.monotonic() - self._drawn >= REDRAW_S:
             self._bar.update(state.step_in_epoch, list(_floats(logs).items()))
             self._drawn = time.monotonic()
@@ -80,4 +80,10 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self.steps_per_epoch, [(k, v) for k, v in _floats(logs).items()], finalize=True)
             self._bar = None
-        print("EPOCH " + json.dumps(record), file=self.stream, flush=True)
+        self._line("EPOCH " + json.dumps(record))
+
+    def _line(self, text: str) -> None:
+        """One write per line: ``print`` writes the text and its newline separately, and on an
+        unbuffered stream shared with the log a log line can land between the two."""
+        self.stream.write(text + "\n")
+        self.stream.flush()
