@@ -54,7 +54,7 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 def build_job(job: str | None, preset: str | None = None, **settings):
     """A job's model and data as the trainer builds them (``trainer.run.build``), default strategy."""
-    from trainer import distribute
+    from trainer.cluster import distribute
     from trainer.config import TrainConfig
     from trainer.job import load
     from trainer.run import build

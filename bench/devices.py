@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from bench.common import ENV, ROOT, build_job, markdown_table, trainer_cmd, write_json  # noqa: E402
-from trainer.checkpoints import CheckpointStore  # noqa: E402
+from trainer.checkpoint.store import CheckpointStore  # noqa: E402
 from trainer.storage import Storage  # noqa: E402
 
 MODELS = {"reference": {}, "reference x10": {"filters": (200, 200, 400, 810)}}

@@ -41,15 +41,15 @@ def worker(preset: str, steps: int, rounds: int, out: str) -> None:
     """One worker: time ``steps`` steps with and without the agreement, and saves."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench.throughput import FirstSteps
-    from trainer import distribute
-    from trainer.checkpoints import CheckpointStore
-    from trainer.distribute import Agreement
-    from trainer.loop import Loop
-    from trainer.progress import Progress
-    from trainer.saver import Saver
-    from trainer.signals import StopRequest
-    from trainer.state import TrainerState
+    from trainer.checkpoint.store import CheckpointStore
+    from trainer.cluster import distribute
+    from trainer.cluster.distribute import Agreement
+    from trainer.steering.signals import StopRequest
     from trainer.storage import Storage
+    from trainer.training.loop import Loop
+    from trainer.training.progress import Progress
+    from trainer.training.saver import Saver
+    from trainer.training.state import TrainerState
 
     cluster = distribute.setup("auto")
     from trainer.config import TrainConfig
@@ -89,7 +89,7 @@ def worker(preset: str, steps: int, rounds: int, out: str) -> None:
             times[name].append(run())
     agreements = []
     if cluster.workers > 1:
-        from trainer.distribute import Decisions
+        from trainer.cluster.distribute import Decisions
         for _ in range(60):  # the same all-reduce as in a step, alone
             started = time.perf_counter()
             cluster.agreement.now(Decisions())

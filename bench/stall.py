@@ -15,9 +15,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from bench.common import BUCKET, markdown_table, moto, write_json  # noqa: E402
-from bench.common import build_job  # noqa: E402
-from trainer.checkpoints import CheckpointStore  # noqa: E402
+from bench.common import (  # noqa: E402
+    BUCKET,
+    build_job,  # noqa: E402
+    markdown_table,
+    moto,
+    write_json,
+)
+from trainer.checkpoint.store import CheckpointStore  # noqa: E402
 from trainer.storage import Storage  # noqa: E402
 
 

@@ -52,7 +52,7 @@ def mlp_job(steps: int):
 
 def build(name: str, steps: int):
     if name == "mlp":
-        from trainer import distribute
+        from trainer.cluster import distribute
         from trainer.config import TrainConfig
         from trainer.job import from_callables
         from trainer.run import build as build_loaded

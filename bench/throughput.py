@@ -17,15 +17,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from bench.common import BUCKET, build_job, markdown_table, moto, write_json  # noqa: E402
-from trainer.checkpoints import CheckpointStore  # noqa: E402
-from trainer.data import SINGLE  # noqa: E402
-from trainer.distribute import Agreement  # noqa: E402
-from trainer.loop import Loop  # noqa: E402
-from trainer.progress import Progress  # noqa: E402
-from trainer.saver import Saver  # noqa: E402
-from trainer.signals import StopRequest  # noqa: E402
-from trainer.state import TrainerState  # noqa: E402
+from trainer.checkpoint.store import CheckpointStore  # noqa: E402
+from trainer.cluster.distribute import Agreement  # noqa: E402
+from trainer.data.sources import SINGLE  # noqa: E402
+from trainer.steering.signals import StopRequest  # noqa: E402
 from trainer.storage import Storage  # noqa: E402
+from trainer.training.loop import Loop  # noqa: E402
+from trainer.training.progress import Progress  # noqa: E402
+from trainer.training.saver import Saver  # noqa: E402
+from trainer.training.state import TrainerState  # noqa: E402
 
 JOBS = {"small": (None, "small"), "digits": ("jobs/digits.py", None)}
 

@@ -9,7 +9,7 @@
 # (--signal=B:USR1@90 below; override on the sbatch command line). It, and a
 # TERM/INT/USR2 (e.g. `scancel --signal=USR1 --batch <job>` for a preemption),
 # is forwarded to the trainer, which finishes its step, commits a checkpoint and
-# exits with 128+signal. `python -m trainer.requeue <code>` then decides:
+# exits with 128+signal. `python -m trainer.cluster.requeue <code>` then decides:
 #   0 done, 2-5 bad input/unusable run  -> no requeue, exit with the code
 #   128+N stopped after a checkpoint    -> `scontrol requeue`, exit 0
 #   anything else (crash)               -> requeue while SLURM_RESTART_COUNT <
@@ -85,5 +85,5 @@ while :; do
 done
 phase=done
 log "trainer exited with code $rc"
-"$PY" -m trainer.requeue "$rc"   # logs "requeueing job ..." / "not requeueing ..."
+"$PY" -m trainer.cluster.requeue "$rc"   # logs "requeueing job ..." / "not requeueing ..."
 exit $?

@@ -163,7 +163,7 @@ def latest_variables(run_dir) -> dict[str, np.ndarray]:
     """All model and optimizer tensors of the newest committed checkpoint."""
     import tensorflow as tf
 
-    from trainer.checkpoints_index import committed
+    from trainer.checkpoint.index import committed
     ckpt_dir = Path(run_dir) / "checkpoints"
     newest = committed(os.listdir(ckpt_dir))[0]
     reader = tf.train.load_checkpoint(str(ckpt_dir / f"ckpt-{newest}"))
@@ -176,7 +176,7 @@ def assert_checkpoint_complete(storage, number: int) -> None:
     import json
     import zlib
 
-    from trainer.checkpoints_index import DIR, MARKER
+    from trainer.checkpoint.index import DIR, MARKER
     manifest = json.loads(storage.read_text(f"{DIR}/ckpt-{number}{MARKER}"))
     for name, info in manifest["files"].items():
         data = storage.read_bytes(f"{DIR}/{name}")

@@ -137,7 +137,7 @@ def _resumed(make, model, drive, mid_epoch=False, lost=None):
     checkpoint); a new one (as a new process builds it) restored from that state; (first, second)."""
     import keras
 
-    from trainer.callback_state import CallbackStates
+    from trainer.training.callback_state import CallbackStates
     first = make()
     states = CallbackStates([first], model)
     callbacks = keras.callbacks.CallbackList([first], model=model)
@@ -222,7 +222,7 @@ def test_learning_rate_scheduler_is_not_applied_twice_in_a_resumed_epoch():
 def test_backup_and_restore_is_refused_and_bad_protocol_state_named(tmp_path):
     import keras
 
-    from trainer.callback_state import CallbackStateError, CallbackStates
+    from trainer.training.callback_state import CallbackStateError, CallbackStates
 
     class Bad(keras.callbacks.Callback):
         def get_state(self):
@@ -239,7 +239,7 @@ def test_backup_and_restore_is_refused_and_bad_protocol_state_named(tmp_path):
 def test_only_callbacks_that_look_stateful_are_warned_about(caplog):
     import keras
 
-    from trainer.callback_state import CallbackStates
+    from trainer.training.callback_state import CallbackStates
 
     class Settings(keras.callbacks.Callback):
         def __init__(self, path, every=2):

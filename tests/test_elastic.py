@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from tests import helpers, ledger_job
-from trainer.data import Replicas
+from trainer.data.sources import Replicas
 
 JOB = str(helpers.ROOT / "tests" / "ledger_job.py")
 STEPS_PER_EPOCH = ledger_job.EXAMPLES // 16

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from keras.src.trainers.data_adapters.data_adapter_utils import class_weight_to_sample_weights
 
-from trainer import fit_options
-from trainer.data import SINGLE, ArrayData
-from trainer.loop import _should_validate
+from trainer.data.sources import SINGLE, ArrayData
+from trainer.training import fit_options
+from trainer.training.loop import _should_validate
 
 WEIGHTS = {0: 0.5, 2: 4.0, 3: 1.25}  # class 1 and classes above 3 are not listed: 1.0
 

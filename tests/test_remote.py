@@ -13,7 +13,7 @@ import pytest
 
 from tests import helpers
 from trainer import exitcodes
-from trainer.checkpoints_index import DIR, MARKER, committed, leftovers, number_of
+from trainer.checkpoint.index import DIR, MARKER, committed, leftovers, number_of
 from trainer.storage import Storage
 
 

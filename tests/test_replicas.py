@@ -24,7 +24,7 @@ def _user_args(tmp_path, *extra):
 
 
 def _manifest(run_dir) -> dict:
-    from trainer.checkpoints_index import committed
+    from trainer.checkpoint.index import committed
     ckpts = run_dir / "checkpoints"
     return json.loads((ckpts / f"ckpt-{committed(p.name for p in ckpts.iterdir())[0]}.commit.json").read_text())
 
@@ -56,7 +56,7 @@ FIT_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, keras, tensorflow as tf
     import trainer
-    from trainer.distribute import split_cpu
+    from trainer.cluster.distribute import split_cpu
 
     tf.config.experimental.enable_op_determinism()
     devices = split_cpu(2)
@@ -107,10 +107,10 @@ def test_metrics_over_replicas_equal_model_fit_under_the_same_strategy(tmp_path)
 SHADOW_SCRIPT = textwrap.dedent("""
     import sys, tempfile
     import keras, tensorflow as tf
-    from trainer.checkpoints import CheckpointStore
-    from trainer.distribute import split_cpu
+    from trainer.checkpoint.store import CheckpointStore
+    from trainer.cluster.distribute import split_cpu
     from trainer.storage import Storage
-    from trainer.variables import prepare
+    from trainer.training.variables import prepare
 
     devices = split_cpu(3)
     strategy = tf.distribute.MirroredStrategy(devices[1:])  # CPU:1 and CPU:2 stand in for two GPUs

@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from trainer import requeue
+from trainer.cluster import requeue
 
 
 def test_decisions():

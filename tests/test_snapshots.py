@@ -9,7 +9,7 @@ import pytest
 
 from tests import helpers
 from trainer import exitcodes
-from trainer.checkpoints_index import DIR, committed
+from trainer.checkpoint.index import DIR, committed
 from trainer.storage import Storage
 
 
@@ -139,8 +139,8 @@ def test_exported_models_load_without_trainer_and_predict_like_the_checkpoint(re
 
 
 def _checkpoint_predictions(run_dir, number, x):
-    from trainer import distribute
-    from trainer.checkpoints import CheckpointStore
+    from trainer.checkpoint.store import CheckpointStore
+    from trainer.cluster import distribute
     from trainer.config import TrainConfig
     from trainer.job import load
     from trainer.run import build

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from trainer import execution
+from trainer.training import execution
 
 N = 8
 
@@ -59,7 +59,7 @@ def test_crossed_is_every_nth_step_for_single_steps_and_never_skips_a_multiple()
 def test_a_bad_steps_per_execution_is_a_clear_error(value):
     import keras
 
-    from trainer.variables import ModelError, check_model
+    from trainer.training.variables import ModelError, check_model
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=value)
     with pytest.raises(ModelError, match=r"job j: model.compile\(steps_per_execution=.*expected a positive integer"):

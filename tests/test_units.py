@@ -2,25 +2,24 @@
 data purity, per-example randomness, the signal seam."""
 import math
 import signal
+from typing import Literal
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from typing import Literal
-
-import tensorflow as tf
-
-from trainer import checkpoints_index as idx
-from trainer import exitcodes, lr_override
+from trainer import exitcodes
 from trainer import settings as settings_mod
+from trainer.checkpoint import index as idx
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import ArrayData, Replicas
-from trainer.example_random import ExampleRandom, example_keys
+from trainer.data.example_random import ExampleRandom, example_keys
+from trainer.data.sources import ArrayData, Replicas
 from trainer.job import load
 from trainer.settings import SettingError
-from trainer.signals import StopRequest
+from trainer.steering import lr_override
+from trainer.steering.signals import StopRequest
 
 
 @given(st.floats(min_value=1e-12, max_value=lr_override.MAX_LR, allow_nan=False))
@@ -202,7 +201,7 @@ def test_exit_codes():
 def test_other_kinds_of_data_resume_by_skipping_and_say_so():
     import keras
 
-    from trainer.data import EpochBatches, from_job
+    from trainer.data.sources import EpochBatches, from_job
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
@@ -257,8 +256,8 @@ def test_missing_fashion_mnist_names_every_place_and_three_fixes(tmp_path, monke
 def test_progress_writes_each_line_in_one_write():
     """A log line from another thread must not land between a STEP line and its newline (a
     reader of the merged output would see broken JSON)."""
-    from trainer.progress import Progress
-    from trainer.state import TrainerState
+    from trainer.training.progress import Progress
+    from trainer.training.state import TrainerState
 
     class Stream:
         writes = []

@@ -15,11 +15,10 @@ import os
 import signal
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
-from keras import ops
-from keras import layers
+from keras import layers, ops
 
 import trainer
 from trainer import setting

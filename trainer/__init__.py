@@ -15,8 +15,8 @@ from .settings import setting
 __version__ = "0.2.0"
 __all__ = ["fit", "ArrayData", "EpochBatches", "ExampleRandom", "DataError", "Result", "setting"]
 
-_LAZY = {"fit": "api", "Result": "run", "ArrayData": "data", "EpochBatches": "data", "DataError": "data",
-         "ExampleRandom": "example_random"}
+_LAZY = {"fit": "api", "Result": "run", "ArrayData": "data.sources", "EpochBatches": "data.sources",
+         "DataError": "data.sources", "ExampleRandom": "data.example_random"}
 
 
 def __getattr__(name):

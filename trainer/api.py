@@ -19,12 +19,11 @@ import math
 import threading
 import types
 
-
 from . import job as job_mod
 from .config import ConfigError, TrainConfig
-from .data import ArrayData
+from .data.sources import ArrayData
 from .run import Result, train
-from .signals import StopRequest
+from .steering.signals import StopRequest
 
 FIT_DEFAULT_BATCH_SIZE = 32  # model.fit's, when x is arrays and no batch_size is given
 

@@ -16,7 +16,7 @@ import sys
 
 from . import exitcodes, rundir
 from .config import ConfigError, TrainConfig
-from .signals import StopRequest, ignore_from_now_on
+from .steering.signals import StopRequest, ignore_from_now_on
 from .storage import StorageError
 
 # how this process was started, for usage lines and the printed resume command

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
-from . import exitcodes, lr_override, rundir
-from .checkpoints_index import DIR, UnknownCheckpoint, committed_manifests, resolve
-from .monitor import RECORD_FIELDS
+from . import exitcodes, rundir
+from .checkpoint.index import DIR, UnknownCheckpoint, committed_manifests, resolve
 from .rundir import CONFIG_FILE, HISTORY_JSON, MODEL_FILE
+from .steering import lr_override
 from .storage import Storage, StorageError
+from .training.history import RECORD_FIELDS
 
 
 def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None = None,

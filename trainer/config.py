@@ -61,7 +61,7 @@ class TrainConfig:
         _positive_int(self, "epochs")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
-        from .distribute import STRATEGIES
+        from .cluster.distribute import STRATEGIES
         if self.strategy not in STRATEGIES:
             raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.cpu_devices is not None and self.strategy in ("default", "multi-worker"):

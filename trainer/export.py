@@ -50,19 +50,19 @@ def rebuild_and_save(storage, config: dict, manifest: dict, out: str) -> int:
     """``python -m trainer export``: the run's job and settings (from config.json), checkpoint
     ``manifest`` restored into them, saved to ``out`` (a local path or an fsspec URL)."""
     from . import exitcodes
-    from .checkpoints import CheckpointError, CheckpointStore
+    from .checkpoint.store import CheckpointError, CheckpointStore
     from .config import TrainConfig
-    from .data import DataError
+    from .data.sources import DataError
     from .job import JobError, load
     from .run import build, staging_dir
     from .storage import Storage, StorageError
-    from .variables import ModelError
+    from .training.variables import ModelError
     try:
         job = load(config["job"])
         job.choose(None, config.get("job_settings") or {})
         trainer_cfg = {k: v for k, v in (config.get("trainer") or {}).items() if k != "run_dir"}
         cfg = TrainConfig(storage.root, storage_options=storage.options, **trainer_cfg)
-        from . import distribute
+        from .cluster import distribute
         built = build(job, cfg, distribute.setup("default"))
         with tempfile.TemporaryDirectory() as tmp:
             local_dir = storage.local_path(CHECKPOINTS_DIR) or os.path.join(staging_dir(cfg, storage), CHECKPOINTS_DIR)

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import examples
-from . import fit_options as fit_mod
 from . import settings as settings_mod
+from .training import fit_options as fit_mod
 
 REQUIRED = ("build_model", "build_data")
 

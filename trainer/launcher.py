@@ -24,7 +24,7 @@ from typing import Callable
 import submitit
 
 from . import exitcodes, rundir
-from .signals import CAUGHT
+from .steering.signals import CAUGHT
 
 REQUEUE_WAIT_S = 300  # a task other than the first waits this long for the job's requeue to end it
 EARLY_SIGNAL_S = 60  # sbatch(1), --signal: "may be sent up to 60 seconds earlier than specified"

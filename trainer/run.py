@@ -19,24 +19,28 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from . import data as data_mod
-from . import distribute, exitcodes, export, lr_override, monitor, rollback, rundir
-from . import fit_options as fit_mod
-from .callback_state import CallbackStateError, CallbackStates
-from .checkpoints import CheckpointError, CheckpointStore, IncompatibleCheckpoint
+from . import exitcodes, export, rundir
+from .checkpoint import rollback
+from .checkpoint.store import CheckpointError, CheckpointStore, IncompatibleCheckpoint
+from .cluster import distribute
 from .config import ConfigError, TrainConfig, dumps
-from .data import DataError
+from .data import sources as data_mod
+from .data.sources import DataError
 from .job import Job, JobError, describe, same_job
-from .loop import Interrupted, Loop
-from .progress import Progress
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, TENSORBOARD_DIR
-from .saver import Saver
 from .settings import SettingError
-from .signals import StopRequest
-from .state import TrainerState
-from .steering import LrRequests, Steering
+from .steering import lr_override
+from .steering.requests import LrRequests, Steering
+from .steering.signals import StopRequest
 from .storage import Storage, StorageError
-from .variables import ModelError, check_model, prepare, state_variable
+from .training import fit_options as fit_mod
+from .training import history as monitor
+from .training.callback_state import CallbackStateError, CallbackStates
+from .training.loop import Interrupted, Loop
+from .training.progress import Progress
+from .training.saver import Saver
+from .training.state import TrainerState
+from .training.variables import ModelError, check_model, prepare, state_variable
 
 log = logging.getLogger("trainer")
 

@@ -336,7 +336,7 @@ def _variables(run_dir: Path) -> dict:
     """Every model, optimizer and metric variable of the newest committed checkpoint, by readable name."""
     import tensorflow as tf
 
-    from .checkpoints_index import DIR, committed
+    from .checkpoint.index import DIR, committed
     folder = run_dir / DIR
     reader = tf.train.load_checkpoint(str(folder / f"ckpt-{committed(os.listdir(folder))[0]}"))
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"

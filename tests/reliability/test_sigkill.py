@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests import helpers
-from trainer.checkpoints_index import DIR, committed, leftovers, number_of
+from trainer.checkpoint.index import DIR, committed, leftovers, number_of
 from trainer.storage import Storage
 
 # kind: (fewest kills, fewest saves the run must reach). Every step saves, and a save is

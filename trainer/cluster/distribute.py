@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from .data import Replicas
+from ..data.sources import Replicas
 
 log = logging.getLogger("trainer")
 

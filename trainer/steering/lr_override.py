@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from .rundir import LR_REQUEST as PENDING
+from ..rundir import LR_REQUEST as PENDING
 
 SCHEDULED_PREFIX = PENDING + ".epoch-"
 CONSUMED_SUFFIX = ".consumed"

@@ -15,10 +15,11 @@ import time
 
 import keras
 
-from . import lr_override, monitor
+from ..storage import StorageError
+from ..training import history as monitor
+from ..training.state import TrainerState
+from . import lr_override
 from .lr_override import OverrideError, Request
-from .state import TrainerState
-from .storage import StorageError
 
 log = logging.getLogger("trainer")
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import exitcodes
+from .. import exitcodes
 
 NEVER_REQUEUE = {exitcodes.BAD_INPUT, exitcodes.CHECKPOINT_ERROR, exitcodes.DATA_ERROR,
                  exitcodes.STORAGE_ERROR}

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from .checkpoints_index import (
+from ..storage import Storage, StorageError, atomic_write
+from ..storage.worker import LatestOnlyWorker
+from .index import (
     CORRUPT,
     DIR,
     MARKER,
@@ -42,8 +44,6 @@ from .checkpoints_index import (
     state_file_text,
     to_prune,
 )
-from .storage import Storage, StorageError, atomic_write
-from .worker import LatestOnlyWorker
 
 log = logging.getLogger("trainer.checkpoints")
 

@@ -28,16 +28,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .callback_state import CallbackStates
+from ..cluster.distribute import Agreement, Decisions
+from ..data.sources import Replicas
+from ..steering.requests import LrRequests, Steering
+from ..steering.signals import StopRequest
 from . import execution
-from .data import Replicas
-from .distribute import Agreement, Decisions
-from .monitor import HistoryWriter
+from .callback_state import CallbackStates
+from .history import HistoryWriter
 from .progress import Progress
 from .saver import Saver
-from .signals import StopRequest
 from .state import TrainerState
-from .steering import LrRequests, Steering
 
 log = logging.getLogger("trainer")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from .rundir import CHECKPOINTS_DIR as DIR
+from ..rundir import CHECKPOINTS_DIR as DIR
 
 MARKER = ".commit.json"
 MILESTONE = ".milestone"

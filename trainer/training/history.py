@@ -11,9 +11,9 @@ import io
 import json
 import logging
 
-from .rundir import HISTORY_JSON, HISTORY_PNG
-from .storage import StorageError
-from .worker import LatestOnlyWorker
+from ..rundir import HISTORY_JSON, HISTORY_PNG
+from ..storage import StorageError
+from ..storage.worker import LatestOnlyWorker
 
 log = logging.getLogger("trainer")
 

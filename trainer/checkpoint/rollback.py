@@ -22,10 +22,10 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from .checkpoints_index import DIR, MARKER, committed_manifests, number_of, resolve
-from .rundir import ARCHIVE_DIR as ARCHIVE
-from .rundir import HISTORY_JSON, HISTORY_PNG, MODEL_FILE
-from .rundir import ROLLBACKS_FILE as RECORD
+from ..rundir import ARCHIVE_DIR as ARCHIVE
+from ..rundir import HISTORY_JSON, HISTORY_PNG, MODEL_FILE
+from ..rundir import ROLLBACKS_FILE as RECORD
+from .index import DIR, MARKER, committed_manifests, number_of, resolve
 
 log = logging.getLogger("trainer")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from .checkpoints import CheckpointStore
+from ..checkpoint.store import CheckpointStore
 from .execution import crossed
 from .state import TrainerState
 
