@@ -80,7 +80,7 @@ def test_max_steps_ends_mid_epoch_and_a_later_start_continues_exactly(tmp_path, 
 def _run_with(output):
     from pathlib import Path
 
-    from trainer.verify import Run
+    from trainer.verify.runs import Run
     return Run("uninterrupted", Path("unused"), [output])
 
 
@@ -93,25 +93,26 @@ def _run_with(output):
      "the tf.data pipeline cannot be checkpointed"),
 ])
 def test_verify_names_the_cause_a_start_up_warning_gives(warning, cause):
-    from trainer.verify import Plan, _causes
+    from trainer.verify.plan import Plan
+    from trainer.verify.report import causes as find_causes
     plan = Plan([], 10, 1, 0, helpers.ROOT)
-    causes = _causes([], [_run_with(f"[trainer] INFO start-up\n{warning}\nSTEP {{}}\n")], plan)
+    causes = find_causes([], [_run_with(f"[trainer] INFO start-up\n{warning}\nSTEP {{}}\n")], plan)
     assert len(causes) == 1 and causes[0].startswith(cause), causes
-    assert _causes([], [_run_with("[trainer] INFO start-up\n")], plan)[0].startswith("none the runs report")
+    assert find_causes([], [_run_with("[trainer] INFO start-up\n")], plan)[0].startswith("none the runs report")
 
 
 def test_verify_names_an_op_that_determinism_refuses():
-    from trainer.verify import _run_failed
+    from trainer.verify.runs import run_failed
     output = ("Traceback (most recent call last):\n  ...\ntensorflow.python.framework.errors_impl.UnimplementedError: "
               "A deterministic GPU implementation of SparseSoftmaxXentWithLogitsOp is not currently available.\n")
-    error = _run_failed(_run_with(output), 1)
+    error = run_failed(_run_with(output), 1)
     assert error.code == 1 and "likely cause: TF op determinism (on by default) refuses an op" in str(error)
-    assert "likely cause" not in str(_run_failed(_run_with("Traceback ...\nValueError: bad shape\n"), 1))
+    assert "likely cause" not in str(run_failed(_run_with("Traceback ...\nValueError: bad shape\n"), 1))
 
 
 def test_verify_exits_2_when_train_refuses_the_job_or_its_flags():
-    from trainer.verify import _run_failed
+    from trainer.verify.runs import run_failed
     refused = "[trainer] ERROR --hidden: 'many' is not a valid int (invalid literal for int() with base 10)\n"
-    error = _run_failed(_run_with(refused), 2)
+    error = run_failed(_run_with(refused), 2)
     assert error.code == 2 and "`train` refused the job or its flags (exit 2)" in str(error)
     assert "--hidden: 'many' is not a valid int" in str(error)

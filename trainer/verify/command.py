@@ -1,0 +1,61 @@
+"""The phases of ``trainer verify``: plan, train both runs, compare, and the verdict."""
+from __future__ import annotations
+
+import importlib
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import exitcodes
+from .compare import compare
+from .messages import VerifyError, count, say
+from .plan import Plan, make_plan, parser
+from .report import report, warnings
+from .runs import interrupted, position, stops, uninterrupted
+
+
+def main(argv: list[str], prog: str = "trainer verify") -> int:
+    args, rest = parser(prog).parse_known_args(argv)
+    try:
+        plan = make_plan(args, rest)
+    except VerifyError as exc:
+        print(f"verify: error: {exc}", flush=True)
+        return exc.code
+    try:
+        return _verify(plan)
+    except VerifyError as exc:
+        say(f"FAILED: {exc}")
+        return exc.code
+    finally:
+        if args.keep:
+            say(f"run dirs kept in {plan.work_dir}")
+        else:
+            shutil.rmtree(plan.work_dir, ignore_errors=True)
+
+
+def _verify(plan: Plan) -> int:
+    say(f"training {' '.join(plan.train_args) or 'the default job'} for at most {plan.steps} steps, "
+        f"{count(plan.stops, 'stop')} (--stop-seed {plan.stop_seed}); run dirs in {plan.work_dir}")
+    with ThreadPoolExecutor(2) as pool:  # the two runs are independent: train them side by side
+        pool.submit(importlib.import_module, "tensorflow")  # for the comparison, loaded meanwhile
+        pending = pool.submit(uninterrupted, plan, "uninterrupted")
+        stopped = interrupted(plan)
+        reference = pending.result()
+    total = position(reference)["global_step"]
+    if position(stopped)["global_step"] != total:
+        raise VerifyError(f"the interrupted run ended at global step {position(stopped)['global_step']}, "
+                          f"the uninterrupted one at {total}")
+    say("comparing every variable of the two final checkpoints")
+    diffs, compared = compare(reference.run_dir, stopped.run_dir)
+    runs = [reference, stopped]
+    if not diffs:
+        say(f"PASSED: all {compared} variables bitwise equal after {total} steps with "
+            f"{count(len(stops(stopped)), 'stop')}: this job resumes exactly")
+        for note in warnings(runs):
+            say(f"note: passed, but a start-up warning says {note}; try more --steps and --stops")
+        return exitcodes.DONE
+    say(f"{len(diffs)} of {compared} variables differ; a second uninterrupted run tells nondeterminism "
+        "from a resume that loses state")
+    second = uninterrupted(plan, "uninterrupted-again")
+    again, _ = compare(reference.run_dir, second.run_dir)
+    report(diffs, compared, again, runs + [second], plan)
+    return 1

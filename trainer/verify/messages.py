@@ -1,0 +1,22 @@
+"""What every part of verify prints with, and the error that ends it."""
+from __future__ import annotations
+
+
+class VerifyError(Exception):
+    """verify cannot go on; ``code`` is its exit code, the message says why."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def tail(output: str, lines: int = 15) -> str:
+    return "\n".join("    " + line for line in output.rstrip().splitlines()[-lines:])
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def say(message: str) -> None:
+    print(f"verify: {message}", flush=True)

@@ -1,0 +1,189 @@
+"""The ``train`` subprocesses of verify: an uninterrupted run, and one stopped by real signals at
+random reported steps and resumed each time; what their output and ``status --json`` say."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import exitcodes
+from .messages import VerifyError, say, tail
+from .plan import Plan
+
+STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+) \(global step (\d+)\); checkpoint ckpt-(\d+)")
+STEPS_PER_EPOCH = re.compile(r", (\d+) steps per epoch")
+NEW_RUN = re.compile(r"starting a new run in .* \((\d+) epochs\)")
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# flags verify sets itself for every run (the user's flags come first; the last one wins)
+RUN_FLAGS = ["--log-every-steps", "1", "--quiet", "--no-tensorboard", "--no-export"]
+
+
+@dataclass
+class Run:
+    """One run dir and the output of every process that trained in it."""
+    name: str
+    run_dir: Path
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.outputs)
+
+
+def uninterrupted(plan: Plan, name: str) -> Run:
+    run = Run(name, plan.work_dir / name)
+    say(f"{name} run started")
+    started = time.monotonic()
+    code = _finish(run, _start(plan, run), [], None)
+    if code != exitcodes.DONE:
+        raise run_failed(run, code)
+    where = position(run)
+    say(f"{name} run done: global step {where['global_step']} ({where['epoch']} epochs and "
+        f"{where['step_in_epoch']} steps) in {time.monotonic() - started:.1f}s")
+    return run
+
+
+def interrupted(plan: Plan) -> Run:
+    """The same run, signalled at ``plan.stops`` random reported steps and resumed to the end."""
+    run = Run("interrupted", plan.work_dir / "interrupted")
+    say("interrupted run started")
+    proc = _start(plan, run)
+    seen, total = _read_total(proc, plan.steps)
+    if total < 2:
+        _finish(run, proc, seen, None)
+        raise VerifyError(f"the job trains {total} step in all: there is no step to stop at")
+    targets = sorted(random.Random(plan.stop_seed).sample(range(1, total), min(plan.stops, total - 1)))
+    say(f"interrupted run: {total} steps; signals once it reports global steps {', '.join(map(str, targets))}")
+    reached = 0
+    for index, target in enumerate(targets):
+        sig = SIGNALS[index % len(SIGNALS)]
+        if proc is None:
+            proc, seen = _start(plan, run), []
+        more, landed = _read_until_step(proc, max(target, reached + 1))
+        code = _finish(run, proc, seen + more, sig if landed else None)
+        proc = None
+        if code == exitcodes.DONE:
+            say(f"  the run finished before the {signal.Signals(sig).name} landed")
+            return run
+        if code != exitcodes.interrupted(sig):
+            raise run_failed(run, code)
+        epoch, step, steps, reached, number = _last_stop(run)
+        committed = position(run)["global_step"]
+        if committed != reached:
+            raise VerifyError(f"the stop at global step {reached} committed a checkpoint at global step "
+                              f"{committed}: steps were lost")
+        say(f"  stop {index + 1}: {signal.Signals(sig).name} at epoch {epoch} step {step}/{steps} "
+            f"(global step {reached}), ckpt-{number}")
+    if proc is None:
+        proc, seen = _start(plan, run), []
+    code = _finish(run, proc, seen, None)
+    if code != exitcodes.DONE:
+        raise run_failed(run, code)
+    say(f"  resumed to the end: global step {position(run)['global_step']}")
+    return run
+
+
+def _start(plan: Plan, run: Run) -> subprocess.Popen:
+    """One ``train`` process in ``run``'s dir, its output and errors in one pipe."""
+    argv = [sys.executable, "-m", "trainer", "train", *plan.train_args, "--run-dir", str(run.run_dir),
+            "--max-steps", str(plan.steps), *RUN_FLAGS]
+    return subprocess.Popen(argv, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(run: Run, proc: subprocess.Popen, seen: list[str], sig: int | None) -> int:
+    """Send ``sig`` (if any), wait for the end, add the output to the run's; the exit code."""
+    try:
+        if sig:
+            proc.send_signal(sig)
+        rest, _ = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(seen) + rest
+    if not _resumed_where_stopped(run, output):
+        raise VerifyError(f"a start of the {run.name} run did not resume where the previous one stopped:\n"
+                          + tail(output))
+    run.outputs.append(output)
+    return proc.returncode
+
+
+def _read_total(proc: subprocess.Popen, steps: int) -> tuple[list[str], int]:
+    """(the lines read, the steps the run will train) from its start-up lines: at most ``steps``."""
+    seen, per_epoch = [], None
+    for line in proc.stdout:
+        seen.append(line)
+        found = STEPS_PER_EPOCH.search(line)
+        per_epoch = int(found.group(1)) if found else per_epoch
+        epochs = NEW_RUN.search(line)
+        if epochs and per_epoch:
+            return seen, min(steps, per_epoch * int(epochs.group(1)))
+    return seen, steps  # it ended first: _finish reports why
+
+
+def _read_until_step(proc: subprocess.Popen, target: int) -> tuple[list[str], bool]:
+    """(the lines read, whether it reported global step ``target``) before its output ended."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("STEP ") and json.loads(line[5:])["global_step"] >= target:
+            return seen, True
+    return seen, False
+
+
+def _resumed_where_stopped(run: Run, output: str) -> bool:
+    previous = stops(run)
+    if not previous:
+        return True
+    epoch, step, steps, reached, _ = previous[-1]
+    return f"at epoch {epoch} step {step}/{steps} (global step {reached})" in output
+
+
+def _child_env() -> dict:
+    """This process's environment, with this very ``trainer`` package first on the path."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=root + (os.pathsep + path if path else ""), PYTHONUNBUFFERED="1")
+
+
+def stops(run: Run) -> list[tuple[int, ...]]:
+    """Every stop of ``run`` so far: (epoch, step, steps per epoch, global step, checkpoint number)."""
+    return [tuple(int(g) for g in m.groups()) for m in STOP_LINE.finditer(run.output)]
+
+
+def _last_stop(run: Run) -> tuple[int, ...]:
+    found = STOP_LINE.findall(run.outputs[-1])
+    if not found:
+        raise VerifyError(f"the {run.name} run exited as if stopped, without its stop line:\n"
+                          + tail(run.outputs[-1]))
+    return tuple(int(g) for g in found[-1])
+
+
+def position(run: Run) -> dict:
+    """The newest committed checkpoint's position, from ``status --json``."""
+    result = subprocess.run([sys.executable, "-m", "trainer", "status", str(run.run_dir), "--json"],
+                            env=_child_env(), capture_output=True, text=True, check=False)
+    latest = json.loads(result.stdout)["latest"] if result.returncode == 0 else None
+    if not latest:
+        raise VerifyError(f"the {run.name} run has no committed checkpoint:\n{tail(run.output)}")
+    return latest
+
+
+def run_failed(run: Run, code: int) -> VerifyError:
+    """Why a run ended with ``code``: a bad job or flags (exit 2 passes through) or an error."""
+    output = run.outputs[-1] if run.outputs else ""
+    if code == exitcodes.BAD_INPUT:
+        return VerifyError(f"`train` refused the job or its flags (exit 2):\n{tail(output)}", code)
+    hint = ""
+    if re.search(r"determinis", output, re.IGNORECASE) and "Error" in output:
+        hint = ("\nlikely cause: TF op determinism (on by default) refuses an op, named above: one without a "
+                "deterministic kernel, or a random op without a seed; replace or seed it, or pass "
+                "--no-deterministic (resume is then no longer bitwise exact)")
+    return VerifyError(f"the {run.name} run exited with {code}:\n{tail(output)}{hint}")
