@@ -27,6 +27,9 @@ class ConfigError(ValueError):
 
 # Trainer settings that define the data order; the job's settings add their own.
 IDENTITY_FIELDS = ("seed",)
+# --strategy's choices (trainer.cluster.distribute builds them): named here so that validating a
+# config does not import TensorFlow
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,6 @@ class TrainConfig:
         _positive_int(self, "epochs")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
-        from .cluster.distribute import STRATEGIES
         if self.strategy not in STRATEGIES:
             raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.cpu_devices is not None and self.strategy in ("default", "multi-worker"):

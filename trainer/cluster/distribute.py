@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
+from ..config import STRATEGIES
 from ..data.sources import Replicas
 
 log = logging.getLogger("trainer")
 
-STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 _SIGNALS = 32  # one slot per signal number in the agreement vector
 AGREE_EVERY_STEPS = 8
 

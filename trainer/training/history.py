@@ -15,18 +15,11 @@ from ..rundir import HISTORY_JSON, HISTORY_PNG
 from ..storage import StorageError
 from ..storage.worker import LatestOnlyWorker
 
+# add_event and RECORD_FIELDS are also reached here by run.py and commands.py; they belong to
+# history_format (drop add_event from this line once those import it from there)
+from .history_format import RECORD_FIELDS, add_event  # noqa: F401
+
 log = logging.getLogger("trainer")
-
-
-def new_history() -> dict:
-    return {"epochs": [], "events": []}
-
-
-def add_event(history: dict, kind: str, *, epoch: int, step_in_epoch: int, steps_per_epoch: int,
-              global_step: int, **details) -> None:
-    """``kind`` is "resume", "rollback" or "lr_change"; the position is in fractional epochs."""
-    history["events"].append({"kind": kind, "position": epoch + step_in_epoch / steps_per_epoch,
-                              "global_step": global_step, **details})
 
 
 class HistoryWriter(LatestOnlyWorker):
@@ -47,9 +40,6 @@ class HistoryWriter(LatestOnlyWorker):
         except (OSError, StorageError) as exc:
             log.warning("could not write %s: %s", self.storage.url(HISTORY_JSON), exc)
         self._done()
-
-
-RECORD_FIELDS = frozenset({"epoch", "global_step", "lr", "wall_time", "finished_at"})  # the rest are logs
 
 
 def metric_names(epochs: list[dict]) -> list[str]:

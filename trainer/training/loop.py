@@ -30,11 +30,12 @@ import tensorflow as tf
 
 from ..cluster.distribute import Agreement, Decisions
 from ..data.sources import Replicas
-from ..steering.requests import LrRequests, Steering
+from ..steering.requests import LrRequests
 from ..steering.signals import StopRequest
 from . import execution
 from .callback_state import CallbackStates
 from .history import HistoryWriter
+from .lr_change import Steering
 from .progress import Progress
 from .saver import Saver
 from .state import TrainerState

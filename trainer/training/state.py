@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .history import new_history
+from .history_format import new_history
 
 
 @dataclass
