@@ -35,7 +35,7 @@ def stall(name: str, settings: dict, saves: int) -> list[dict]:
     rows = []
     for on_device in (False, True):
         folder = tempfile.mkdtemp()
-        store = CheckpointStore(groups, Storage(folder), os.path.join(folder, "checkpoints"), 3, on_device=on_device)
+        store = CheckpointStore(groups, Storage.open(folder), os.path.join(folder, "checkpoints"), 3, on_device=on_device)
         try:
             for i in range(saves + 1):
                 store.save({"global_step": i})

@@ -60,7 +60,7 @@ def worker(preset: str, steps: int, rounds: int, out: str) -> None:
     built = build(job, TrainConfig("unused"), cluster)
     data = FirstSteps(built.train, steps)
     tmp = tempfile.mkdtemp()
-    store = CheckpointStore(built.groups, Storage(tmp), os.path.join(tmp, "checkpoints"), 3,
+    store = CheckpointStore(built.groups, Storage.open(tmp), os.path.join(tmp, "checkpoints"), 3,
                             writes=cluster.is_chief)
     quiet = open(os.devnull, "w")  # noqa: SIM115
 

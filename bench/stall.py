@@ -56,8 +56,8 @@ def main() -> None:
     rows = []
     try:
         for preset in args.presets.split(","):
-            rows.append(measure(preset, Storage(tempfile.mkdtemp()), args.saves))
-            rows.append(measure(preset, Storage(f"s3://{BUCKET}/{preset}", s3), args.saves))
+            rows.append(measure(preset, Storage.open(tempfile.mkdtemp()), args.saves))
+            rows.append(measure(preset, Storage.open(f"s3://{BUCKET}/{preset}", s3), args.saves))
     finally:
         server.terminate()
     write_json(args.out, rows)

@@ -46,7 +46,7 @@ def our_loop(built, data, store: CheckpointStore | None = None, save_every: int 
     unless ``store`` is given)."""
     if store is None:
         tmp = tempfile.mkdtemp()
-        store = CheckpointStore(built.groups, Storage(tmp), os.path.join(tmp, "checkpoints"), 3)
+        store = CheckpointStore(built.groups, Storage.open(tmp), os.path.join(tmp, "checkpoints"), 3)
     steps = data.steps_per_epoch
     state = TrainerState(epoch=0)
     saver = Saver(state, built.state_var, store, built.model.optimizer, steps, save_every, None)
@@ -66,8 +66,8 @@ def measure(name: str, steps: int, rounds: int, save_every: int, s3: dict) -> li
     model, data = built.model, FirstSteps(built.train, steps)
     steps = data.steps_per_epoch
     tmp = tempfile.mkdtemp()
-    stores = {"local": CheckpointStore(built.groups, Storage(tmp), os.path.join(tmp, "checkpoints"), 3),
-              "S3": CheckpointStore(built.groups, Storage(f"s3://{BUCKET}/{name}", s3), os.path.join(tmp, "s3"), 3)}
+    stores = {"local": CheckpointStore(built.groups, Storage.open(tmp), os.path.join(tmp, "checkpoints"), 3),
+              "S3": CheckpointStore(built.groups, Storage.open(f"s3://{BUCKET}/{name}", s3), os.path.join(tmp, "s3"), 3)}
 
     def ours(where=None):
         return our_loop(built, data, stores[where or "local"], save_every if where else None)

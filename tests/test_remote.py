@@ -32,7 +32,7 @@ def _finished_run(url, options, staging, epochs: int, train_size: int):
     args = _args(url, options, staging) + ["--epochs", str(epochs), "--train-size", str(train_size)]
     result = helpers.run(args)
     assert result.returncode == 0, result.stderr
-    storage = Storage(url, options)
+    storage = Storage.open(url, options)
     return args, storage, committed(storage.listdir(DIR))[0]
 
 
@@ -52,7 +52,7 @@ def test_sigterm_then_resume_on_a_new_node_is_bitwise_equal(remote_root, referen
     assert "resumed from " + url in final.stderr
     helpers.assert_bitwise_equal(helpers.latest_variables(reference_run),
                                  helpers.latest_variables(tmp_path / "node-b"))
-    storage = Storage(url, options)
+    storage = Storage.open(url, options)
     assert json.loads(storage.read_text("history.json"))["epochs"][-1]["epoch"] == 3
     assert storage.read_bytes("history.png")[:4] == b"\x89PNG"
     names = storage.listdir(DIR)
@@ -114,7 +114,7 @@ def test_a_store_that_hangs_mid_run_neither_stalls_training_nor_the_stop(s3_own_
     out += proc.communicate(timeout=60)[0]
     assert f"resumed from {url}/{DIR}/ckpt-{stopped_at} at" in out, out
     assert "upload flushed (stop)" in out, out
-    assert committed(Storage(url, options).listdir(DIR))[0] > stopped_at
+    assert committed(Storage.open(url, options).listdir(DIR))[0] > stopped_at
 
 
 def test_unreachable_endpoint_fails_fast(tmp_path):

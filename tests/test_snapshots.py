@@ -104,7 +104,7 @@ def test_rollback_of_a_remote_run_on_a_new_node(s3_run_root, tmp_path):
                          "--from", "epoch-1"])
     assert again.returncode == 0, again.stderr
     assert "rolled back to" in again.stderr and "at epoch 2 step 0/32" in again.stderr
-    storage = Storage(url, options)
+    storage = Storage.open(url, options)
     (record,) = json.loads(storage.read_text("rollbacks.json"))
     assert storage.listdir(f"{record['archive']}/{DIR}") and storage.exists(f"{record['archive']}/history.json")
 
@@ -148,7 +148,7 @@ def _checkpoint_predictions(run_dir, number, x):
     job = load(config["job"])
     job.choose(None, config["job_settings"])
     built = build(job, TrainConfig(str(run_dir)), distribute.setup("default"))
-    store = CheckpointStore(built.groups, Storage(str(run_dir)), str(run_dir / DIR), 3)
+    store = CheckpointStore(built.groups, Storage.open(str(run_dir)), str(run_dir / DIR), 3)
     store.restore(number)
     store.close()
     return built.model.predict(x, verbose=0)

@@ -20,7 +20,7 @@ def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None
            create: bool = False) -> int:
     """Write a request; into a path that holds no run yet only with ``create`` (a typo'd path
     would otherwise take the request silently and the real run never see it)."""
-    storage = Storage(run_dir, storage_options)
+    storage = Storage.open(run_dir, storage_options)
     try:
         if create:
             rundir.for_training(storage)
@@ -94,7 +94,7 @@ def collect_status(storage: Storage) -> dict:
 
 
 def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> int:
-    storage = Storage(run_dir, storage_options)
+    storage = Storage.open(run_dir, storage_options)
     try:
         rundir.for_reading(storage, "status")
         info = collect_status(storage)
@@ -148,7 +148,7 @@ def _status_error(exc: Exception, code: int, as_json: bool, known: dict) -> int:
 
 def export_model(run_dir: str, out: str, source: str | None, storage_options: dict) -> int:
     """Restore a kept checkpoint into the run's job and save it as a .keras file."""
-    storage = Storage(run_dir, storage_options)
+    storage = Storage.open(run_dir, storage_options)
     try:
         rundir.for_reading(storage, "export")
         manifest = resolve(storage, source) if source else (committed_manifests(storage) or [None])[0]

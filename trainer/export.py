@@ -75,7 +75,7 @@ def rebuild_and_save(storage, config: dict, manifest: dict, out: str) -> int:
             save_local(built.model, local)
             if "://" in out:
                 parent, name = out.rstrip("/").rsplit("/", 1)
-                Storage(parent, storage.options).upload(local, name)
+                Storage.open(parent, storage.options).upload(local, name)
     except (JobError, ModelError, ValueError) as exc:
         log.error("%s", exc)
         return exitcodes.BAD_INPUT

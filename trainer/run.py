@@ -77,7 +77,7 @@ class Result:
 
 
 def open_storage(cfg: TrainConfig) -> Storage:
-    return Storage(cfg.run_dir, cfg.storage_options)
+    return Storage.open(cfg.run_dir, cfg.storage_options)
 
 
 def staging_dir(cfg: TrainConfig, storage: Storage) -> str:

@@ -14,10 +14,9 @@ listing them (``train`` and ``lr --create`` probe the store first).
 """
 from __future__ import annotations
 
-import os
 import re
 
-from .storage import Storage, StorageError
+from .storage import Place, PlaceKind, Storage, StorageError
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -48,94 +47,68 @@ def is_own(name: str) -> bool:
 def precheck_training(run_dir: str) -> None:
     """What ``train`` can check before the job loads and without asking a store: a URL's
     form, everything about a local path."""
-    storage = Storage(run_dir)
-    if storage.is_remote:
-        _check_url(storage.root)
-    else:
+    storage = Storage.open(run_dir)
+    if _usable_place(storage).kind is not PlaceKind.STORE:
         for_training(storage)
 
 
 def for_training(storage: Storage) -> None:
     """``train``: a new or empty place, or a run (the trainer's own files count as one). A store
     is probed first: that fails fast, with a hint, on a missing bucket, credentials or endpoint."""
-    if storage.is_remote:
-        _check_url(storage.root)
-        storage.probe()
-    names = _entries(storage)
+    place = _usable_place(storage)
+    storage.check_reachable()
+    names = _entries(storage, place)
     foreign = [n for n in names if not is_own(n)]
     if foreign and not any(n in RUN_MARKERS for n in names):
         raise RunDirError(f"run dir {storage.root} holds files that are not a run's ({_some(foreign)}); "
                           f"expected {EXPECTED_NEW}")
-    if not storage.is_remote:
-        _check_writable(storage.root)
+    storage.check_writable()
 
 
 def for_reading(storage: Storage, command: str, hint: str = "") -> None:
     """``status``, ``export``, ``lr``: a run must be there (``hint``: what else to do when none is)."""
-    if storage.is_remote:
-        _check_url(storage.root)
-    names = _entries(storage)
+    place = _usable_place(storage)
+    names = _entries(storage, place)
     if any(n in RUN_MARKERS for n in names):
         return
-    if storage.is_remote or os.path.isdir(storage.root):
-        found = f"it holds {_some(names)}" if names else "it is empty"
-    else:
+    if place.kind is PlaceKind.NEW:
         found = "it does not exist"
+    else:
+        found = f"it holds {_some(names)}" if names else "it is empty"
     raise RunDirError(f"{command}: no run in {storage.root} ({found}); expected {EXPECTED_RUN}"
                       + (f"; {hint}" if hint else ""))
 
 
-def _entries(storage: Storage) -> list[str]:
-    return storage.listdir("") if storage.is_remote else _local_entries(storage.root)
+_PLACE_PROBLEMS = {
+    PlaceKind.NO_LOCATION: (": the URL names no bucket or location; expected e.g. "
+                            "{detail}://my-bucket/runs/fmnist"),
+    PlaceKind.UNKNOWN_PROTOCOL: (": unknown protocol {detail!r}; expected a local path or an fsspec URL "
+                                 "(gs://, s3://, ...)"),
+    PlaceKind.FILE: f" is a file; expected a folder ({EXPECTED_NEW})",
+    PlaceKind.UNDER_FILE: " cannot be a folder: {detail} is a file; expected a path inside folders",
+    PlaceKind.ODD: (" is neither a folder nor a new path (a broken link or a device?); "
+                    f"expected {EXPECTED_NEW}"),
+}
 
 
-def _check_url(url: str) -> None:
-    protocol, _, rest = url.partition("://")
-    if not rest.strip("/"):
-        raise RunDirError(f"run dir {url}: the URL names no bucket or location; expected e.g. "
-                          f"{protocol}://my-bucket/runs/fmnist")
-    import fsspec
-    if protocol not in fsspec.available_protocols():
-        raise RunDirError(f"run dir {url}: unknown protocol {protocol!r}; expected a local path or an fsspec URL "
-                          "(gs://, s3://, ...)")
+def _usable_place(storage: Storage) -> Place:
+    """The root's place if a run dir can be there; RunDirError naming what is wrong if not."""
+    place = storage.place()
+    problem = _PLACE_PROBLEMS.get(place.kind)
+    if problem:
+        raise RunDirError(f"run dir {storage.root}" + problem.format(detail=place.detail))
+    return place
 
 
-def _local_entries(root: str) -> list[str]:
-    """The names in the local folder ``root`` ([] if it does not exist yet)."""
-    if os.path.isfile(root):
-        raise RunDirError(f"run dir {root} is a file; expected a folder ({EXPECTED_NEW})")
-    if not os.path.lexists(root):
-        blocker = _file_above(root)
-        if blocker:
-            raise RunDirError(f"run dir {root} cannot be a folder: {blocker} is a file; expected a path "
-                              "inside folders")
+def _entries(storage: Storage, place: Place) -> list[str]:
+    """The names in the run dir ([] if it does not exist yet)."""
+    if place.kind is PlaceKind.NEW:
         return []
-    if not os.path.isdir(root):
-        raise RunDirError(f"run dir {root} is neither a folder nor a new path (a broken link or a device?); "
-                          f"expected {EXPECTED_NEW}")
     try:
-        return sorted(os.listdir(root))
+        return storage.listdir("")
     except PermissionError as exc:
-        raise StorageError(f"cannot read the run dir {root}: {exc.strerror} (hint: may this user read and "
+        raise StorageError(f"cannot read the run dir {storage.root}: {exc.strerror} (hint: may this user read and "
                            "write it? check its permissions and owner)") from None
-
-
-def _file_above(path: str) -> str | None:
-    parent = os.path.dirname(path)
-    while parent and not os.path.lexists(parent) and parent != os.path.dirname(parent):
-        parent = os.path.dirname(parent)
-    return parent if os.path.lexists(parent) and not os.path.isdir(parent) else None
-
-
-def _check_writable(root: str) -> None:
-    existing = root
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if os.access(existing, os.W_OK | os.X_OK):
-        return
-    problem = "permission denied" if existing == root else f"{existing} is not writable"
-    raise StorageError(f"cannot write the run dir {root}: {problem} (hint: may this user create files "
-                       "there? check the permissions and the owner)")
 
 
 def _some(names: list[str], limit: int = 4) -> str:
