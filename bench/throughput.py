@@ -18,9 +18,6 @@ import keras  # noqa: E402
 
 from bench.common import BUCKET, build_job, markdown_table, moto, write_json  # noqa: E402
 from trainer.checkpoint.store import CheckpointStore  # noqa: E402
-from trainer.cluster.distribute import Agreement  # noqa: E402
-from trainer.data.sources import SINGLE  # noqa: E402
-from trainer.steering.signals import StopRequest  # noqa: E402
 from trainer.storage import Storage  # noqa: E402
 from trainer.training.loop import Loop  # noqa: E402
 from trainer.training.progress import Progress  # noqa: E402
@@ -51,8 +48,8 @@ def our_loop(built, data, store: CheckpointStore | None = None, save_every: int 
     state = TrainerState(epoch=0)
     saver = Saver(state, built.state_var, store, built.model.optimizer, steps, save_every, None)
     quiet = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the bench
-    loop = Loop(built.model, built.model.distribute_strategy, SINGLE, data, None, 0, 0, state, saver,
-                StopRequest(signals=()), Agreement(), Progress(state, steps, 1, True, stream=quiet), None, None, None)
+    loop = Loop(model=built.model, train=data, epochs=0, state=state, saver=saver,
+                progress=Progress(state, steps, 1, True, stream=quiet))
 
     def run(epoch):
         loop.epochs = state.epoch + 1

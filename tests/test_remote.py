@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests import helpers
-from trainer import exitcodes
+from trainer import errors
 from trainer.checkpoint.index import DIR, MARKER, committed, leftovers, number_of
 from trainer.storage import Storage
 
@@ -122,7 +122,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path):
                "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
     started = time.monotonic()
     result = helpers.run(_args("s3://bucket/run", options, tmp_path / "s"))
-    assert result.returncode == exitcodes.STORAGE_ERROR, result.stderr
+    assert result.returncode == errors.STORAGE_ERROR, result.stderr
     assert "endpoint unreachable" in result.stderr and "s3://bucket/run" in result.stderr
     assert time.monotonic() - started < 60
 
@@ -130,7 +130,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path):
 def test_missing_bucket_fails_fast(s3_run_root, tmp_path):
     url, options = s3_run_root
     result = helpers.run(_args("s3://no-such-bucket-here/run", options, tmp_path / "s"))
-    assert result.returncode == exitcodes.STORAGE_ERROR
+    assert result.returncode == errors.STORAGE_ERROR
     assert "does the bucket exist" in result.stderr
 
 
@@ -154,5 +154,5 @@ def test_missing_credentials_fail_fast(s3_server, tmp_path):
     result = subprocess.run([sys.executable, "-m", "trainer", "train", "--run-dir", "s3://any-bucket/run",
                              "--storage-options", json.dumps({"endpoint_url": s3_server}), "--preset", "tiny"],
                             cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == exitcodes.STORAGE_ERROR
+    assert result.returncode == errors.STORAGE_ERROR
     assert "NoCredentialsError" in result.stderr and "no credentials found" in result.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from trainer import exitcodes
+from trainer import errors
 from trainer.checkpoint.index import DIR, committed
 from trainer.storage import Storage
 
@@ -88,7 +88,7 @@ def test_bad_rollback_reference_exits_2_and_moves_nothing(finished_run, referenc
         data.write_bytes(bytes(raw))
     before = _files(run_dir)
     result = helpers.run(["train", "--run-dir", str(run_dir), *args, "--from", reference])
-    assert result.returncode == exitcodes.BAD_INPUT, result.stderr
+    assert result.returncode == errors.BAD_INPUT, result.stderr
     assert f"--from {reference}" in result.stderr and expected in result.stderr
     assert _files(run_dir) == before
 
@@ -139,11 +139,11 @@ def test_exported_models_load_without_trainer_and_predict_like_the_checkpoint(re
 
 
 def _checkpoint_predictions(run_dir, number, x):
+    from trainer.building import build
     from trainer.checkpoint.store import CheckpointStore
     from trainer.cluster import distribute
     from trainer.config import TrainConfig
     from trainer.job import load
-    from trainer.run import build
     config = json.loads((run_dir / "config.json").read_text())
     job = load(config["job"])
     job.choose(None, config["job_settings"])

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import exitcodes
+from . import errors
 
 STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+) \(global step (\d+)\); checkpoint ckpt-(\d+)")
 STEPS_PER_EPOCH = re.compile(r", (\d+) steps per epoch")
@@ -58,12 +58,13 @@ SHOWN_VARIABLES = 12
 GROUPS = ("model", "optimizer", "metrics")  # the checkpoint's variables, in the order failures show them
 
 
-class VerifyError(Exception):
-    """verify cannot go on; ``code`` is its exit code, the message says why."""
+class VerifyError(errors.TrainerError):
+    """verify cannot go on; ``exit_code`` is given per failure (2 for bad flags, else 1), the
+    message says why."""
 
-    def __init__(self, message: str, code: int = 1):
+    def __init__(self, message: str, code: int = errors.CRASH):
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
 
 
 @dataclass
@@ -110,12 +111,12 @@ def main(argv: list[str], prog: str = "trainer verify") -> int:
         plan = _plan(args, rest)
     except VerifyError as exc:
         print(f"verify: error: {exc}", flush=True)
-        return exc.code
+        return exc.exit_code
     try:
         return _verify(plan)
     except VerifyError as exc:
         _say(f"FAILED: {exc}")
-        return exc.code
+        return exc.exit_code
     finally:
         if args.keep:
             _say(f"run dirs kept in {plan.work_dir}")
@@ -126,13 +127,13 @@ def main(argv: list[str], prog: str = "trainer verify") -> int:
 def _plan(args, rest: list[str]) -> Plan:
     for flag in OWN_FLAGS:
         if any(a == flag or a.startswith(flag + "=") for a in rest):
-            raise VerifyError(f"{flag}: verify chooses it itself for its runs; leave it out", exitcodes.BAD_INPUT)
+            raise VerifyError(f"{flag}: verify chooses it itself for its runs; leave it out", errors.BAD_INPUT)
     if args.steps < 2:
-        raise VerifyError(f"--steps: must be >= 2, got {args.steps}", exitcodes.BAD_INPUT)
+        raise VerifyError(f"--steps: must be >= 2, got {args.steps}", errors.BAD_INPUT)
     if args.stops < 1:
-        raise VerifyError(f"--stops: must be >= 1, got {args.stops}", exitcodes.BAD_INPUT)
+        raise VerifyError(f"--stops: must be >= 1, got {args.stops}", errors.BAD_INPUT)
     if args.stops >= args.steps:
-        raise VerifyError(f"--stops: {args.stops} stops need more than {args.stops} --steps", exitcodes.BAD_INPUT)
+        raise VerifyError(f"--stops: {args.stops} stops need more than {args.stops} --steps", errors.BAD_INPUT)
     job = ["--job", args.job] if args.job else []
     if args.work_dir:
         os.makedirs(args.work_dir, exist_ok=True)
@@ -162,7 +163,7 @@ def _verify(plan: Plan) -> int:
              f"{_count(len(_stops(interrupted)), 'stop')}: this job resumes exactly")
         for note in _warnings(runs):
             _say(f"note: passed, but a start-up warning says {note}; try more --steps and --stops")
-        return exitcodes.DONE
+        return errors.DONE
     _say(f"{len(diffs)} of {count} variables differ; a second uninterrupted run tells nondeterminism "
          "from a resume that loses state")
     second = _uninterrupted(plan, "uninterrupted-again")
@@ -176,7 +177,7 @@ def _uninterrupted(plan: Plan, name: str) -> Run:
     _say(f"{name} run started")
     started = time.monotonic()
     code = _finish(run, _start(plan, run), [], None)
-    if code != exitcodes.DONE:
+    if code != errors.DONE:
         raise _run_failed(run, code)
     where = _position(run)
     _say(f"{name} run done: global step {where['global_step']} ({where['epoch']} epochs and "
@@ -203,10 +204,10 @@ def _interrupted(plan: Plan) -> Run:
         more, landed = _read_until_step(proc, max(target, reached + 1))
         code = _finish(run, proc, seen + more, sig if landed else None)
         proc = None
-        if code == exitcodes.DONE:
+        if code == errors.DONE:
             _say(f"  the run finished before the {signal.Signals(sig).name} landed")
             return run
-        if code != exitcodes.interrupted(sig):
+        if code != errors.interrupted(sig):
             raise _run_failed(run, code)
         epoch, step, steps, reached, number = _last_stop(run)
         committed = _position(run)["global_step"]
@@ -218,7 +219,7 @@ def _interrupted(plan: Plan) -> Run:
     if proc is None:
         proc, seen = _start(plan, run), []
     code = _finish(run, proc, seen, None)
-    if code != exitcodes.DONE:
+    if code != errors.DONE:
         raise _run_failed(run, code)
     _say(f"  resumed to the end: global step {_position(run)['global_step']}")
     return run
@@ -390,7 +391,7 @@ def _causes(again, runs: list[Run], plan: Plan) -> list[str]:
 def _run_failed(run: Run, code: int) -> VerifyError:
     """Why a run ended with ``code``: a bad job or flags (exit 2 passes through) or an error."""
     output = run.outputs[-1] if run.outputs else ""
-    if code == exitcodes.BAD_INPUT:
+    if code == errors.BAD_INPUT:
         return VerifyError(f"`train` refused the job or its flags (exit 2):\n{_tail(output)}", code)
     hint = ""
     if re.search(r"determinis", output, re.IGNORECASE) and "Error" in output:

@@ -61,6 +61,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ..errors import STORAGE_ERROR, TrainerError
+
 log = logging.getLogger("trainer.storage")
 
 PROBE_TIMEOUT_S = 30.0
@@ -81,7 +83,7 @@ _CREDENTIAL_PHRASES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredTo
                        "Anonymous caller", "Unable to locate credentials", "Invalid Credentials")
 
 
-class StorageError(Exception):
+class StorageError(TrainerError, exit_code=STORAGE_ERROR):
     """Storage cannot be used; the message names the URL and says what to check."""
 
 
