@@ -53,11 +53,11 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def build_job(job: str | None, preset: str | None = None, **settings):
-    """A job's model and data as the trainer builds them (``trainer.run.build``), default strategy."""
+    """A job's model and data as the trainer builds them (``trainer.building.build``), default strategy."""
+    from trainer.building import build
     from trainer.cluster import distribute
     from trainer.config import TrainConfig
     from trainer.job import load
-    from trainer.run import build
     loaded = load(job)
     loaded.choose(preset, settings)
     return build(loaded, TrainConfig("unused"), distribute.setup("default"))

@@ -24,7 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench.common import ENV, ROOT, build_job, markdown_table, trainer_cmd, write_json  # noqa: E402
 from trainer.checkpoint.store import CheckpointStore  # noqa: E402
-from trainer.storage import Storage  # noqa: E402
+from trainer.storage import open_storage  # noqa: E402
 
 MODELS = {"reference": {}, "reference x10": {"filters": (200, 200, 400, 810)}}
 
@@ -35,7 +35,7 @@ def stall(name: str, settings: dict, saves: int) -> list[dict]:
     rows = []
     for on_device in (False, True):
         folder = tempfile.mkdtemp()
-        store = CheckpointStore(groups, Storage.open(folder), os.path.join(folder, "checkpoints"), 3, on_device=on_device)
+        store = CheckpointStore(groups, open_storage(folder), os.path.join(folder, "checkpoints"), 3, on_device=on_device)
         try:
             for i in range(saves + 1):
                 store.save({"global_step": i})

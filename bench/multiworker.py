@@ -44,23 +44,22 @@ def worker(preset: str, steps: int, rounds: int, out: str) -> None:
     from trainer.checkpoint.store import CheckpointStore
     from trainer.cluster import distribute
     from trainer.cluster.distribute import Agreement
-    from trainer.steering.signals import StopRequest
-    from trainer.storage import Storage
+    from trainer.storage import open_storage
     from trainer.training.loop import Loop
     from trainer.training.progress import Progress
     from trainer.training.saver import Saver
     from trainer.training.state import TrainerState
 
     cluster = distribute.setup("auto")
+    from trainer.building import build
     from trainer.config import TrainConfig
     from trainer.job import load
-    from trainer.run import build
     job = load(None)
     job.choose(preset, {})
     built = build(job, TrainConfig("unused"), cluster)
     data = FirstSteps(built.train, steps)
     tmp = tempfile.mkdtemp()
-    store = CheckpointStore(built.groups, Storage.open(tmp), os.path.join(tmp, "checkpoints"), 3,
+    store = CheckpointStore(built.groups, open_storage(tmp), os.path.join(tmp, "checkpoints"), 3,
                             writes=cluster.is_chief)
     quiet = open(os.devnull, "w")  # noqa: SIM115
 
@@ -68,9 +67,9 @@ def worker(preset: str, steps: int, rounds: int, out: str) -> None:
         """One loop per kind (traced once, as in a real run); each call trains one more epoch."""
         state = TrainerState()
         saver = Saver(state, built.state_var, store, built.model.optimizer, data.steps_per_epoch, None, None)
-        loop = Loop(built.model, cluster.strategy, cluster.replicas, data, None, 0, 0, state, saver,
-                    StopRequest(signals=()), agreement, Progress(state, data.steps_per_epoch, 1, True, stream=quiet),
-                    None, None, None)
+        loop = Loop(model=built.model, strategy=cluster.strategy, replicas=cluster.replicas, train=data, epochs=0,
+                    state=state, saver=saver, agreement=agreement,
+                    progress=Progress(state, data.steps_per_epoch, 1, True, stream=quiet))
 
         def run():
             loop.epochs = state.epoch + 1

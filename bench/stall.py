@@ -23,7 +23,7 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 from trainer.checkpoint.store import CheckpointStore  # noqa: E402
-from trainer.storage import Storage  # noqa: E402
+from trainer.storage import Storage, open_storage  # noqa: E402
 
 
 def measure(preset: str, storage: Storage, saves: int) -> dict:
@@ -56,8 +56,8 @@ def main() -> None:
     rows = []
     try:
         for preset in args.presets.split(","):
-            rows.append(measure(preset, Storage.open(tempfile.mkdtemp()), args.saves))
-            rows.append(measure(preset, Storage.open(f"s3://{BUCKET}/{preset}", s3), args.saves))
+            rows.append(measure(preset, open_storage(tempfile.mkdtemp()), args.saves))
+            rows.append(measure(preset, open_storage(f"s3://{BUCKET}/{preset}", s3), args.saves))
     finally:
         server.terminate()
     write_json(args.out, rows)

@@ -52,10 +52,10 @@ def mlp_job(steps: int):
 
 def build(name: str, steps: int):
     if name == "mlp":
+        from trainer.building import build as build_loaded
         from trainer.cluster import distribute
         from trainer.config import TrainConfig
         from trainer.job import from_callables
-        from trainer.run import build as build_loaded
         model, data = mlp_job(steps)
         return build_loaded(from_callables(model, data), TrainConfig("unused"), distribute.setup("default"))
     return build_job("jobs/digits.py" if name == "digits" else None, None if name == "digits" else "small")

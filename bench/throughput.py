@@ -18,10 +18,7 @@ import keras  # noqa: E402
 
 from bench.common import BUCKET, build_job, markdown_table, moto, write_json  # noqa: E402
 from trainer.checkpoint.store import CheckpointStore  # noqa: E402
-from trainer.cluster.distribute import Agreement  # noqa: E402
-from trainer.data.sources import SINGLE  # noqa: E402
-from trainer.steering.signals import StopRequest  # noqa: E402
-from trainer.storage import Storage  # noqa: E402
+from trainer.storage import open_storage  # noqa: E402
 from trainer.training.loop import Loop  # noqa: E402
 from trainer.training.progress import Progress  # noqa: E402
 from trainer.training.saver import Saver  # noqa: E402
@@ -46,13 +43,13 @@ def our_loop(built, data, store: CheckpointStore | None = None, save_every: int 
     unless ``store`` is given)."""
     if store is None:
         tmp = tempfile.mkdtemp()
-        store = CheckpointStore(built.groups, Storage.open(tmp), os.path.join(tmp, "checkpoints"), 3)
+        store = CheckpointStore(built.groups, open_storage(tmp), os.path.join(tmp, "checkpoints"), 3)
     steps = data.steps_per_epoch
     state = TrainerState(epoch=0)
     saver = Saver(state, built.state_var, store, built.model.optimizer, steps, save_every, None)
     quiet = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the bench
-    loop = Loop(built.model, built.model.distribute_strategy, SINGLE, data, None, 0, 0, state, saver,
-                StopRequest(signals=()), Agreement(), Progress(state, steps, 1, True, stream=quiet), None, None, None)
+    loop = Loop(model=built.model, train=data, epochs=0, state=state, saver=saver,
+                progress=Progress(state, steps, 1, True, stream=quiet))
 
     def run(epoch):
         loop.epochs = state.epoch + 1
@@ -66,8 +63,8 @@ def measure(name: str, steps: int, rounds: int, save_every: int, s3: dict) -> li
     model, data = built.model, FirstSteps(built.train, steps)
     steps = data.steps_per_epoch
     tmp = tempfile.mkdtemp()
-    stores = {"local": CheckpointStore(built.groups, Storage.open(tmp), os.path.join(tmp, "checkpoints"), 3),
-              "S3": CheckpointStore(built.groups, Storage.open(f"s3://{BUCKET}/{name}", s3), os.path.join(tmp, "s3"), 3)}
+    stores = {"local": CheckpointStore(built.groups, open_storage(tmp), os.path.join(tmp, "checkpoints"), 3),
+              "S3": CheckpointStore(built.groups, open_storage(f"s3://{BUCKET}/{name}", s3), os.path.join(tmp, "s3"), 3)}
 
     def ours(where=None):
         return our_loop(built, data, stores[where or "local"], save_every if where else None)

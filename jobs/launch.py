@@ -19,10 +19,8 @@ _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_CHECKOUT, "trainer", "__init__.py")):  # run as a script from a checkout
     sys.path.insert(0, _CHECKOUT)
 
-from trainer import exitcodes  # noqa: E402
+from trainer.errors import TrainerError, report  # noqa: E402
 from trainer.launcher import launch  # noqa: E402
-from trainer.rundir import RunDirError  # noqa: E402
-from trainer.storage import StorageError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -50,12 +48,8 @@ def main(argv=None) -> int:
     try:
         job = launch(train_args, folder=args.folder, cluster=args.cluster, timeout_min=args.timeout_min,
                      signal_delay_s=args.signal_delay_s, max_num_timeout=args.max_num_timeout, **params)
-    except RunDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.BAD_INPUT
-    except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exitcodes.STORAGE_ERROR
+    except TrainerError as exc:  # a bad --run-dir: nothing was submitted
+        return report(exc, sys.stderr)
     print(f"submitted job {job.job_id}; logs: {job.paths.stdout}")
     if args.wait:
         print(json.dumps(job.result()))

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from tests import helpers
-from trainer import exitcodes
+from trainer import errors
 
 SHORT = ["--preset", "tiny", "--train-size", "512", "--val-size", "64", "--no-tensorboard",
          "--epochs", "2"]
@@ -38,7 +38,7 @@ def test_bad_lr_override_file_stops_before_training(run_copy, content):
     (run_copy / "lr_override").write_text(content)
     before = _snapshot(run_copy)
     result = helpers.run(["train", "--run-dir", str(run_copy), *SHORT, "--epochs", "3"])
-    assert result.returncode == exitcodes.BAD_INPUT, result.stderr
+    assert result.returncode == errors.BAD_INPUT, result.stderr
     assert f"{run_copy}/lr_override" in result.stderr and "expected one positive number" in result.stderr
     assert _snapshot(run_copy) == before
 
@@ -46,14 +46,14 @@ def test_bad_lr_override_file_stops_before_training(run_copy, content):
 @pytest.mark.parametrize("value", ["abc", "nan", "-1", "0", "inf"])
 def test_lr_command_rejects_bad_values(run_copy, value):
     result = helpers.run(["lr", str(run_copy), value])
-    assert result.returncode == exitcodes.BAD_INPUT
+    assert result.returncode == errors.BAD_INPUT
     assert not (run_copy / "lr_override").exists()
 
 
 def test_different_architecture_is_refused_by_config(run_copy):
     before = _snapshot(run_copy)
     result = helpers.run(["train", "--run-dir", str(run_copy), *SHORT, "--filters", "4,16"])
-    assert result.returncode == exitcodes.CHECKPOINT_ERROR
+    assert result.returncode == errors.CHECKPOINT_ERROR
     assert "config.json was written with other settings" in result.stderr and "filters" in result.stderr
     assert _snapshot(run_copy) == before
 
@@ -62,7 +62,7 @@ def test_different_architecture_is_refused_by_checkpoint_without_partial_restore
     (run_copy / "config.json").unlink()
     ckpts = sorted(os.listdir(run_copy / "checkpoints"))
     result = helpers.run(["train", "--run-dir", str(run_copy), *SHORT, "--filters", "4,16"])
-    assert result.returncode == exitcodes.CHECKPOINT_ERROR, result.stderr
+    assert result.returncode == errors.CHECKPOINT_ERROR, result.stderr
     assert "was written by a different model" in result.stderr and "nothing was restored" in result.stderr
     assert sorted(os.listdir(run_copy / "checkpoints")) == ckpts
 
@@ -110,7 +110,7 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(run_copy):
     for marker in ckdir.glob("*.commit.json"):
         marker.write_text("garbage")
     result = helpers.run(["train", "--run-dir", str(run_copy), *SHORT, "--epochs", "3"])
-    assert result.returncode == exitcodes.CHECKPOINT_ERROR
+    assert result.returncode == errors.CHECKPOINT_ERROR
     assert "could be restored" in result.stderr and "starting a new run" not in result.stderr
 
 
@@ -126,7 +126,7 @@ def test_damaged_dataset_names_the_file(tmp_path, damage):
         raw = gzip.decompress(target.read_bytes())
         target.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     result = helpers.run(["train", "--run-dir", str(tmp_path / "run"), *SHORT, "--data-dir", str(data_dir)])
-    assert result.returncode == exitcodes.DATA_ERROR, result.stderr
+    assert result.returncode == errors.DATA_ERROR, result.stderr
     assert "train-labels-idx1-ubyte" in result.stderr and "dataset-fashion-mnist" in result.stderr
 
 
@@ -140,7 +140,7 @@ def test_fresh_archives_instead_of_deleting(run_copy):
 
 def test_bad_flag_values_name_the_flag(tmp_path):
     result = helpers.run(["train", "--run-dir", str(tmp_path / "r"), "--max-to-keep", "1"])
-    assert result.returncode == exitcodes.BAD_INPUT and "--max-to-keep" in result.stderr
+    assert result.returncode == errors.BAD_INPUT and "--max-to-keep" in result.stderr
     result = helpers.run(["train", "--run-dir", str(tmp_path / "r"), "--stages", "x"])
     assert result.returncode == 2 and "--stages" in result.stderr
 
@@ -184,7 +184,7 @@ def test_bad_job_exits_2_naming_the_file_and_writes_nothing(tmp_path, case):
         job.write_text(source)
     run_dir = tmp_path / "run"
     result = helpers.run(["train", "--job", str(job), "--run-dir", str(run_dir)])
-    assert result.returncode == exitcodes.BAD_INPUT, result.stdout + result.stderr
+    assert result.returncode == errors.BAD_INPUT, result.stdout + result.stderr
     assert "broken_job.py" in result.stderr and expected in result.stderr, result.stderr
     assert not run_dir.exists()
 
@@ -199,18 +199,18 @@ def test_good_job_of_that_template_trains(tmp_path):
 
 def test_unknown_module_and_bad_setting_value(tmp_path):
     result = helpers.run(["train", "--job", "no_such_pkg.jobs.cifar", "--run-dir", str(tmp_path / "r")])
-    assert result.returncode == exitcodes.BAD_INPUT and "no module named 'no_such_pkg'" in result.stderr
+    assert result.returncode == errors.BAD_INPUT and "no module named 'no_such_pkg'" in result.stderr
     digits = str(helpers.ROOT / "jobs" / "digits.py")
     result = helpers.run(["train", "--job", digits, "--run-dir", str(tmp_path / "r"), "--hidden", "wide"])
-    assert result.returncode == exitcodes.BAD_INPUT and "--hidden" in result.stderr and "'wide'" in result.stderr
+    assert result.returncode == errors.BAD_INPUT and "--hidden" in result.stderr and "'wide'" in result.stderr
     result = helpers.run(["train", "--job", digits, "--run-dir", str(tmp_path / "r"), "--dropout", "1.5"])
-    assert result.returncode == exitcodes.BAD_INPUT and "--dropout must be in [0, 1)" in result.stderr
+    assert result.returncode == errors.BAD_INPUT and "--dropout must be in [0, 1)" in result.stderr
     assert not (tmp_path / "r").exists()
 
 
 def test_resuming_with_another_job_is_refused(run_copy):
     before = _snapshot(run_copy)
     result = helpers.run(["train", "--job", str(helpers.ROOT / "jobs" / "digits.py"), "--run-dir", str(run_copy)])
-    assert result.returncode == exitcodes.CHECKPOINT_ERROR, result.stderr
+    assert result.returncode == errors.CHECKPOINT_ERROR, result.stderr
     assert "this run was trained by job" in result.stderr and "fashion_mnist.py" in result.stderr
     assert _snapshot(run_copy) == before

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests import helpers
-from trainer import exitcodes
+from trainer import errors
 
 STEPS = 32  # per epoch (1024 examples, global batch 32: 16 per worker)
 
@@ -81,7 +81,7 @@ def test_a_killed_worker_makes_the_survivor_exit_for_requeue(job, two_worker_ref
     gate.allow(10_000)
     (code, out), _ = helpers.finish(procs, timeout=600)
     fault_report["survivor exit after SIGKILL of its peer (s)"] = round(time.monotonic() - killed, 1)
-    assert code == exitcodes.PEER_LOST, out
+    assert code == errors.PEER_LOST, out
     assert "a worker of this job was lost" in out
     status = json.loads(helpers.run(["status", str(run_dir), "--json"]).stdout)
     newest = status["latest"]

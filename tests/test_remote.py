@@ -12,9 +12,9 @@ import time
 import pytest
 
 from tests import helpers
-from trainer import exitcodes
+from trainer import errors
 from trainer.checkpoint.index import DIR, MARKER, committed, leftovers, number_of
-from trainer.storage import Storage
+from trainer.storage import open_storage
 
 
 @pytest.fixture(params=["s3", "gcs"])
@@ -32,7 +32,7 @@ def _finished_run(url, options, staging, epochs: int, train_size: int):
     args = _args(url, options, staging) + ["--epochs", str(epochs), "--train-size", str(train_size)]
     result = helpers.run(args)
     assert result.returncode == 0, result.stderr
-    storage = Storage.open(url, options)
+    storage = open_storage(url, options)
     return args, storage, committed(storage.listdir(DIR))[0]
 
 
@@ -52,7 +52,7 @@ def test_sigterm_then_resume_on_a_new_node_is_bitwise_equal(remote_root, referen
     assert "resumed from " + url in final.stderr
     helpers.assert_bitwise_equal(helpers.latest_variables(reference_run),
                                  helpers.latest_variables(tmp_path / "node-b"))
-    storage = Storage.open(url, options)
+    storage = open_storage(url, options)
     assert json.loads(storage.read_text("history.json"))["epochs"][-1]["epoch"] == 3
     assert storage.read_bytes("history.png")[:4] == b"\x89PNG"
     names = storage.listdir(DIR)
@@ -114,7 +114,7 @@ def test_a_store_that_hangs_mid_run_neither_stalls_training_nor_the_stop(s3_own_
     out += proc.communicate(timeout=60)[0]
     assert f"resumed from {url}/{DIR}/ckpt-{stopped_at} at" in out, out
     assert "upload flushed (stop)" in out, out
-    assert committed(Storage.open(url, options).listdir(DIR))[0] > stopped_at
+    assert committed(open_storage(url, options).listdir(DIR))[0] > stopped_at
 
 
 def test_unreachable_endpoint_fails_fast(tmp_path):
@@ -122,7 +122,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path):
                "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
     started = time.monotonic()
     result = helpers.run(_args("s3://bucket/run", options, tmp_path / "s"))
-    assert result.returncode == exitcodes.STORAGE_ERROR, result.stderr
+    assert result.returncode == errors.STORAGE_ERROR, result.stderr
     assert "endpoint unreachable" in result.stderr and "s3://bucket/run" in result.stderr
     assert time.monotonic() - started < 60
 
@@ -130,7 +130,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path):
 def test_missing_bucket_fails_fast(s3_run_root, tmp_path):
     url, options = s3_run_root
     result = helpers.run(_args("s3://no-such-bucket-here/run", options, tmp_path / "s"))
-    assert result.returncode == exitcodes.STORAGE_ERROR
+    assert result.returncode == errors.STORAGE_ERROR
     assert "does the bucket exist" in result.stderr
 
 
@@ -154,5 +154,5 @@ def test_missing_credentials_fail_fast(s3_server, tmp_path):
     result = subprocess.run([sys.executable, "-m", "trainer", "train", "--run-dir", "s3://any-bucket/run",
                              "--storage-options", json.dumps({"endpoint_url": s3_server}), "--preset", "tiny"],
                             cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == exitcodes.STORAGE_ERROR
+    assert result.returncode == errors.STORAGE_ERROR
     assert "NoCredentialsError" in result.stderr and "no credentials found" in result.stderr

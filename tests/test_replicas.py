@@ -109,7 +109,7 @@ SHADOW_SCRIPT = textwrap.dedent("""
     import keras, tensorflow as tf
     from trainer.checkpoint.store import CheckpointStore
     from trainer.cluster.distribute import split_cpu
-    from trainer.storage import Storage
+    from trainer.storage import open_storage
     from trainer.training.variables import prepare
 
     devices = split_cpu(3)
@@ -120,7 +120,7 @@ SHADOW_SCRIPT = textwrap.dedent("""
         groups = prepare(model, (tf.TensorSpec((8, 4)), tf.TensorSpec((8, 3))), "test", strategy)
     for on_device in (False, True):
         with tf.device(devices[1]):  # the default device, as GPU:0 is where there is one
-            store = CheckpointStore(groups, Storage.open(tempfile.mkdtemp()), tempfile.mkdtemp(), 3,
+            store = CheckpointStore(groups, open_storage(tempfile.mkdtemp()), tempfile.mkdtemp(), 3,
                                     on_device=on_device)
         for var in store.snapshot_variables:
             print(on_device, var.device)

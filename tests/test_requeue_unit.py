@@ -82,6 +82,6 @@ def test_failed_scontrol_keeps_the_exit_code(capsys):
 
 
 def test_a_lost_worker_requeues_up_to_the_cap():
-    from trainer import exitcodes
-    assert requeue.decide(exitcodes.PEER_LOST, 0).requeue
-    assert not requeue.decide(exitcodes.PEER_LOST, 100, max_requeues=100).requeue
+    from trainer import errors
+    assert requeue.decide(errors.PEER_LOST, 0).requeue
+    assert not requeue.decide(errors.PEER_LOST, 100, max_requeues=100).requeue

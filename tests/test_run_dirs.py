@@ -16,10 +16,10 @@ import pytest
 
 from tests import helpers
 from tests.test_cli import TF_NOISE
-from trainer import exitcodes
+from trainer import errors
 from trainer.job import same_job
 
-BAD, STORAGE = exitcodes.BAD_INPUT, exitcodes.STORAGE_ERROR
+BAD, STORAGE = errors.BAD_INPUT, errors.STORAGE_ERROR
 DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from trainer import exitcodes
+from trainer import errors
 from trainer.checkpoint.index import DIR, committed
-from trainer.storage import Storage
+from trainer.storage import open_storage
 
 
 def _args(tmp_path, epochs=4):
@@ -88,7 +88,7 @@ def test_bad_rollback_reference_exits_2_and_moves_nothing(finished_run, referenc
         data.write_bytes(bytes(raw))
     before = _files(run_dir)
     result = helpers.run(["train", "--run-dir", str(run_dir), *args, "--from", reference])
-    assert result.returncode == exitcodes.BAD_INPUT, result.stderr
+    assert result.returncode == errors.BAD_INPUT, result.stderr
     assert f"--from {reference}" in result.stderr and expected in result.stderr
     assert _files(run_dir) == before
 
@@ -104,7 +104,7 @@ def test_rollback_of_a_remote_run_on_a_new_node(s3_run_root, tmp_path):
                          "--from", "epoch-1"])
     assert again.returncode == 0, again.stderr
     assert "rolled back to" in again.stderr and "at epoch 2 step 0/32" in again.stderr
-    storage = Storage.open(url, options)
+    storage = open_storage(url, options)
     (record,) = json.loads(storage.read_text("rollbacks.json"))
     assert storage.listdir(f"{record['archive']}/{DIR}") and storage.exists(f"{record['archive']}/history.json")
 
@@ -139,16 +139,16 @@ def test_exported_models_load_without_trainer_and_predict_like_the_checkpoint(re
 
 
 def _checkpoint_predictions(run_dir, number, x):
+    from trainer.building import build
     from trainer.checkpoint.store import CheckpointStore
     from trainer.cluster import distribute
     from trainer.config import TrainConfig
     from trainer.job import load
-    from trainer.run import build
     config = json.loads((run_dir / "config.json").read_text())
     job = load(config["job"])
     job.choose(None, config["job_settings"])
     built = build(job, TrainConfig(str(run_dir)), distribute.setup("default"))
-    store = CheckpointStore(built.groups, Storage.open(str(run_dir)), str(run_dir / DIR), 3)
+    store = CheckpointStore(built.groups, open_storage(str(run_dir)), str(run_dir / DIR), 3)
     store.restore(number)
     store.close()
     return built.model.predict(x, verbose=0)

@@ -30,7 +30,7 @@ from tests.emulators import (
     s3_error_body,
     s3_options,
 )
-from trainer.storage import RetryPolicy, Storage, StorageError, http_status, is_transient
+from trainer.storage import RetryPolicy, StorageError, http_status, is_transient, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["local", "memory", "s3", "gcs"]
@@ -44,17 +44,17 @@ pytestmark = pytest.mark.timeout(60)
 def store(request, tmp_path):
     kind = request.param
     if kind == "local":
-        yield Storage.open(str(tmp_path / "run"))
+        yield open_storage(str(tmp_path / "run"))
     elif kind == "memory":
         root = f"memory://test-{_bucket_name()}/run"
-        yield Storage.open(root)
+        yield open_storage(root)
         import fsspec
         fs = fsspec.filesystem("memory")
         if fs.exists(root):
             fs.rm(root, recursive=True)
     else:
         url, options = request.getfixturevalue("s3_run_root" if kind == "s3" else "gcs_run_root")
-        yield Storage.open(url, options)
+        yield open_storage(url, options)
 
 
 def _no_temp_files(directory) -> bool:
@@ -146,20 +146,20 @@ def test_listings_see_changes_made_by_another_client(store):
 
 
 def test_url_and_local_path(tmp_path, s3_run_root):
-    local = Storage.open(str(tmp_path / "run"))
+    local = open_storage(str(tmp_path / "run"))
     assert not local.is_remote and local.url("a/b.txt") == str(tmp_path / "run" / "a" / "b.txt")
     assert local.local_path("a/b.txt") == str(tmp_path / "run" / "a" / "b.txt") and local.local_path("") == local.root
-    assert Storage.open(f"file://{tmp_path}/run/").root == str(tmp_path / "run")
+    assert open_storage(f"file://{tmp_path}/run/").root == str(tmp_path / "run")
     url, options = s3_run_root
-    remote = Storage.open(url + "/", options)
+    remote = open_storage(url + "/", options)
     assert remote.is_remote and remote.root == url and remote.local_path("a") is None
     assert remote.url("a/b.txt") == f"{url}/a/b.txt" and remote.url("") == url
-    assert Storage.open("memory://x/y").url("z") == "memory://x/y/z"
+    assert open_storage("memory://x/y").url("z") == "memory://x/y/z"
 
 
 # -- local specifics ---------------------------------------------------------------------
 def test_local_roots_do_not_import_fsspec(tmp_path):
-    code = ("import sys; from trainer.storage import Storage; s = Storage.open(sys.argv[1]); s.probe(); "
+    code = ("import sys; from trainer.storage import open_storage; s = open_storage(sys.argv[1]); s.probe(); "
             "s.write_text('a/b', 'x'); s.upload(sys.argv[1] + '/a/b', 'c'); s.download('c', sys.argv[1] + '/d'); "
             "assert s.listdir('') == ['a', 'c', 'd'] and s.read_text('d') == 'x'; "
             "bad = [m for m in ('fsspec', 's3fs', 'gcsfs', 'botocore') if m in sys.modules]; assert not bad, bad")
@@ -169,7 +169,7 @@ def test_local_roots_do_not_import_fsspec(tmp_path):
 
 
 def test_local_write_is_atomic_and_cleans_up(tmp_path, monkeypatch):
-    store = Storage.open(str(tmp_path / "run"))
+    store = open_storage(str(tmp_path / "run"))
     store.write_text("state.json", "old")
     real_fsync = os.fsync
 
@@ -185,7 +185,7 @@ def test_local_write_is_atomic_and_cleans_up(tmp_path, monkeypatch):
 
 
 def test_local_readers_never_see_a_torn_file(tmp_path):
-    store = Storage.open(str(tmp_path / "run"))
+    store = open_storage(str(tmp_path / "run"))
     a, b = b"a" * 300_000, b"b" * 300_000
     store.write_bytes("f", a)
     stop, seen = threading.Event(), Counter()
@@ -209,7 +209,7 @@ def test_local_readers_never_see_a_torn_file(tmp_path):
 def test_local_probe_failure_is_a_storage_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(StorageError, match="cannot use .*file/run as a run directory"):
-        Storage.open(str(tmp_path / "file" / "run")).probe()
+        open_storage(str(tmp_path / "file" / "run")).probe()
 
 
 # -- remote failure modes (real servers) ------------------------------------------------------
@@ -218,14 +218,14 @@ def test_probe_unreachable_endpoint_fails_fast(kind):
     endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there: connection refused
     timeout = 2.0
     if kind == "s3-low-timeouts":  # how a user makes s3fs give up quickly on its own
-        storage = Storage.open("s3://bucket/run", s3_options(endpoint, config_kwargs={
+        storage = open_storage("s3://bucket/run", s3_options(endpoint, config_kwargs={
             "connect_timeout": 1, "read_timeout": 1, "retries": {"total_max_attempts": 1}}),
             retry=RetryPolicy(attempts=3, base_delay_s=0.05))
         timeout = 30.0
     elif kind == "s3-defaults":  # botocore retries with backoff; the probe's deadline cuts it short
-        storage = Storage.open("s3://bucket/run", s3_options(endpoint))
+        storage = open_storage("s3://bucket/run", s3_options(endpoint))
     else:  # gcsfs retries 6 times with 1..16 s backoff (~30 s) and cannot be told otherwise
-        storage = Storage.open("gs://bucket/run", {"endpoint_url": endpoint, "token": "anon"})
+        storage = open_storage("gs://bucket/run", {"endpoint_url": endpoint, "token": "anon"})
     start = time.monotonic()
     with pytest.raises(StorageError, match="endpoint unreachable") as info:
         storage.probe(timeout_s=timeout)
@@ -238,7 +238,7 @@ def test_writes_to_a_hung_store_time_out(kind, frozen_endpoint):
     """s3fs PUTs ignore botocore's read_timeout when the server never answers; the write deadline does not."""
     options = (s3_options(frozen_endpoint, config_kwargs=FAST_S3) if kind == "s3"
                else {"endpoint_url": frozen_endpoint, "token": "anon"})
-    storage = Storage.open(f"{'s3' if kind == 's3' else 'gs'}://bucket/run", options,
+    storage = open_storage(f"{'s3' if kind == 's3' else 'gs'}://bucket/run", options,
                       retry=RetryPolicy(attempts=2, base_delay_s=0.01, write_timeout_s=1.0))
     start = time.monotonic()
     with pytest.raises(StorageError, match=r"writing \S+/run/a.txt failed \(after 2 attempts\): FSTimeoutError"):
@@ -253,7 +253,7 @@ def test_probe_missing_bucket(kind, request):
     server = request.getfixturevalue(f"{kind}_server")
     url, options = ((f"s3://{_bucket_name()}/run", s3_options(server)) if kind == "s3" else
                     (f"gs://{_bucket_name()}/run", {"endpoint_url": server, "token": "anon"}))
-    storage = Storage.open(url, options, **NO_SLEEP)
+    storage = open_storage(url, options, **NO_SLEEP)
     with pytest.raises(StorageError, match="does the bucket exist") as info:
         storage.probe()
     assert url in str(info.value)
@@ -266,7 +266,7 @@ def test_probe_missing_bucket(kind, request):
 
 def test_probe_read_only_bucket(s3_read_only_root, caplog):
     url, options = s3_read_only_root
-    storage = Storage.open(url, options, **NO_SLEEP)
+    storage = open_storage(url, options, **NO_SLEEP)
     # the credentials are valid: reading works. (Listing is not checked here: moto's IAM mode recomputes
     # the signature from the raw query string, which aiohttp normalises, so any s3fs listing fails there
     # with SignatureDoesNotMatch; real S3 does not have this problem.)
@@ -282,7 +282,7 @@ def test_probe_read_only_bucket(s3_read_only_root, caplog):
 
 def test_probe_invalid_credentials(s3_iam_server, s3_read_only_root):
     url, _ = s3_read_only_root
-    storage = Storage.open(url, s3_options(s3_iam_server["endpoint"], "AKIANOSUCHKEY0000000", "wrong"), **NO_SLEEP)
+    storage = open_storage(url, s3_options(s3_iam_server["endpoint"], "AKIANOSUCHKEY0000000", "wrong"), **NO_SLEEP)
     with pytest.raises(StorageError, match=r"InvalidAccessKeyId, HTTP 403.*credentials rejected; set AWS_ACCESS"):
         storage.probe()
 
@@ -293,7 +293,7 @@ def test_probe_missing_credentials(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-    storage = Storage.open(f"s3://{_bucket_name()}/run", {"endpoint_url": s3_server}, **NO_SLEEP)
+    storage = open_storage(f"s3://{_bucket_name()}/run", {"endpoint_url": s3_server}, **NO_SLEEP)
     with pytest.raises(StorageError, match="NoCredentialsError.*no credentials found"):
         storage.probe()
 
@@ -305,7 +305,7 @@ def test_probe_missing_credentials(s3_server, monkeypatch):
 ], ids=["403", "401"])
 def test_gcs_auth_errors_are_permanent(http_stub, status, message, hint):
     stub = http_stub(status, gcs_error_body(status, message))
-    storage = Storage.open("gs://bucket/run", {"endpoint_url": stub.url, "token": "anon"}, **NO_SLEEP)
+    storage = open_storage("gs://bucket/run", {"endpoint_url": stub.url, "token": "anon"}, **NO_SLEEP)
     with pytest.raises(StorageError, match=hint):
         storage.probe()
     assert stub.requests == 1  # neither gcsfs nor we retried
@@ -317,7 +317,7 @@ def test_transient_http_errors_are_retried_by_a_real_client(s3_server, http_stub
     stub = http_stub(503, s3_error_body("ServiceUnavailable", "Service is unable to handle request."),
                      content_type="application/xml", fail_first=2, upstream=s3_server)
     sleeps = []
-    storage = Storage.open(f"s3://{bucket}/run", s3_options(stub.url, config_kwargs=FAST_S3),
+    storage = open_storage(f"s3://{bucket}/run", s3_options(stub.url, config_kwargs=FAST_S3),
                       retry=RetryPolicy(attempts=4, base_delay_s=0.5), sleep=sleeps.append)
     storage.write_text("a.txt", "survived")
     assert sleeps == [0.5, 1.0] and stub.requests == 3
@@ -330,7 +330,7 @@ def test_transient_http_errors_are_retried_by_a_real_client(s3_server, http_stub
 def test_permanent_http_errors_are_not_retried_by_a_real_client(http_stub, status, code):
     stub = http_stub(status, s3_error_body(code, "no"), content_type="application/xml")
     sleeps = []
-    storage = Storage.open("s3://bucket/run", s3_options(stub.url, config_kwargs=FAST_S3), sleep=sleeps.append)
+    storage = open_storage("s3://bucket/run", s3_options(stub.url, config_kwargs=FAST_S3), sleep=sleeps.append)
     with pytest.raises(StorageError, match=code):
         storage.write_text("a.txt", "x")
     assert sleeps == [] and stub.requests == 1
@@ -343,10 +343,10 @@ def test_s3_from_environment_variables(s3_run_root, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    storage = Storage.open(url)
+    storage = open_storage(url)
     storage.probe()
     storage.write_text("env.txt", "via env")
-    assert Storage.open(url, options).read_text("env.txt") == "via env"
+    assert open_storage(url, options).read_text("env.txt") == "via env"
 
 
 def test_gcs_from_environment_variable_and_plain_http_client(gcs_server, monkeypatch):
@@ -354,7 +354,7 @@ def test_gcs_from_environment_variable_and_plain_http_client(gcs_server, monkeyp
     bucket = _bucket_name()
     create_gcs_bucket(gcs_server, bucket)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
-    storage = Storage.open(f"gs://{bucket}/run", {"token": "anon"})
+    storage = open_storage(f"gs://{bucket}/run", {"token": "anon"})
     storage.probe()
     assert type(storage.fs) is gcsfs.core.GCSFileSystem  # not the gRPC-first ExtendedGcsFileSystem
     assert os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"].lower() in ("false", "0", "true", "1")
@@ -362,7 +362,7 @@ def test_gcs_from_environment_variable_and_plain_http_client(gcs_server, monkeyp
 
 def test_unknown_protocol_is_a_storage_error():
     with pytest.raises(StorageError, match="cannot open nosuchproto://x/run"):
-        Storage.open("nosuchproto://x/run").exists("a")
+        open_storage("nosuchproto://x/run").exists("a")
 
 
 # -- retry logic with a flaky in-memory filesystem ---------------------------------------------
@@ -408,7 +408,7 @@ def flaky(tmp_path):
     """(storage on flaky://, its fs, recorded sleeps) with ``a.txt`` already written."""
     _flaky_fs_class().store.clear()
     sleeps = []
-    storage = Storage.open(f"flaky://{_bucket_name()}/run", retry=RetryPolicy(attempts=3, base_delay_s=0.5,
+    storage = open_storage(f"flaky://{_bucket_name()}/run", retry=RetryPolicy(attempts=3, base_delay_s=0.5,
                                                                          max_delay_s=0.75), sleep=sleeps.append)
     storage.write_text("a.txt", "hello")
     src = tmp_path / "src"
@@ -552,5 +552,5 @@ def test_torn_writes_of_dead_processes_are_removed_and_live_ones_spared(tmp_path
     live = f"config.json.tmp-{os.getpid()}-0123abcd"
     for name in (torn, live, "history.json"):
         (tmp_path / name).write_text("x")
-    assert Storage.open(str(tmp_path)).remove_torn_writes() == [torn]
+    assert open_storage(str(tmp_path)).remove_torn_writes() == [torn]
     assert sorted(os.listdir(tmp_path)) == sorted([live, "history.json"])

@@ -10,7 +10,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer import exitcodes
+from trainer import errors
 from trainer import settings as settings_mod
 from trainer.checkpoint import index as idx
 from trainer.config import ConfigError, TrainConfig
@@ -194,8 +194,8 @@ def test_stop_request_installs_reversibly():
 
 
 def test_exit_codes():
-    assert exitcodes.interrupted(signal.SIGTERM) == 143 and exitcodes.interrupted(signal.SIGUSR1) == 138
-    assert exitcodes.is_interrupted(130) and not exitcodes.is_interrupted(exitcodes.CRASH)
+    assert errors.interrupted(signal.SIGTERM) == 143 and errors.interrupted(signal.SIGUSR1) == 138
+    assert errors.is_interrupted(130) and not errors.is_interrupted(errors.CRASH)
 
 
 def test_other_kinds_of_data_resume_by_skipping_and_say_so():

@@ -106,7 +106,7 @@ def test_verify_names_an_op_that_determinism_refuses():
     output = ("Traceback (most recent call last):\n  ...\ntensorflow.python.framework.errors_impl.UnimplementedError: "
               "A deterministic GPU implementation of SparseSoftmaxXentWithLogitsOp is not currently available.\n")
     error = run_failed(_run_with(output), 1)
-    assert error.code == 1 and "likely cause: TF op determinism (on by default) refuses an op" in str(error)
+    assert error.exit_code == 1 and "likely cause: TF op determinism (on by default) refuses an op" in str(error)
     assert "likely cause" not in str(run_failed(_run_with("Traceback ...\nValueError: bad shape\n"), 1))
 
 
@@ -114,5 +114,5 @@ def test_verify_exits_2_when_train_refuses_the_job_or_its_flags():
     from trainer.verify.runs import run_failed
     refused = "[trainer] ERROR --hidden: 'many' is not a valid int (invalid literal for int() with base 10)\n"
     error = run_failed(_run_with(refused), 2)
-    assert error.code == 2 and "`train` refused the job or its flags (exit 2)" in str(error)
+    assert error.exit_code == 2 and "`train` refused the job or its flags (exit 2)" in str(error)
     assert "--hidden: 'many' is not a valid int" in str(error)

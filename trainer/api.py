@@ -10,6 +10,13 @@
 Same guarantees as the command line: calling it again with the same run dir
 resumes exactly; ctrl+c (SIGINT) or SIGTERM commits a checkpoint at the next
 step boundary and returns a result whose ``exit_code`` is 128 + the signal.
+
+One rule for failures: what the command line reports with an exit code (a
+:class:`trainer.errors.TrainerError`: a bad job, setting, option or run dir,
+missing data, an unusable checkpoint or storage) is logged as one line and
+returned as ``Result(exit_code=...)`` with the code ``train`` exits with;
+nothing is raised. Only arguments that ``trainer.fit`` cannot take at all (as
+``model.fit`` would refuse them) raise ``TypeError`` or ``ValueError``.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import types
 from . import job as job_mod
 from .config import ConfigError, TrainConfig
 from .data.sources import ArrayData
+from .errors import TrainerError, report
 from .run import Result, train
 from .steering.signals import StopRequest
 
@@ -54,6 +62,9 @@ def fit(run_dir: str, job=None, *, model=None, x=None, y=None, batch_size: int |
     Settings instance); ``callbacks``, ``class_weight`` and ``validation_freq`` apply
     to it too. ``verbose=0`` is ``quiet=True``; ``options``: any TrainConfig field
     (``save_every_steps=50``, ``log_every_steps=1``, ...).
+
+    Returns the run's Result; an expected failure is returned as its exit code, not raised
+    (see the module's docstring).
     """
     refused = sorted(set(options) & set(NOT_TAKEN))
     if refused:
@@ -62,36 +73,50 @@ def fit(run_dir: str, job=None, *, model=None, x=None, y=None, batch_size: int |
                   "validation_data": validation_data, "validation_split": validation_split or None,
                   "validation_batch_size": validation_batch_size}
     given = [k for k, v in array_args.items() if v is not None]
+    if verbose == 0:
+        options.setdefault("quiet", True)
+    if not logging.getLogger().handlers:
+        from .cli import setup_logging
+        setup_logging()
+    try:
+        loaded = _load(job, model, data, given, lambda: _data_from_arrays(
+            x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size))
+        loaded.extra_callbacks = list(callbacks or [])
+        loaded.fit_overrides = {k: v for k, v in (("class_weight", class_weight),
+                                                  ("validation_freq", validation_freq)) if v is not None}
+        cfg = _config(run_dir, loaded, preset, settings, epochs, options)
+    except TrainerError as exc:
+        return Result(report(exc))
+    in_main = threading.current_thread() is threading.main_thread()
+    return train(cfg, loaded, fresh=fresh, stop=StopRequest() if in_main else StopRequest(signals=()))
+
+
+def _load(job, model, data, given: list[str], arrays_data) -> job_mod.Job:
+    """The job: ``job``; or ``model`` with ``data``, or with the array arguments ``given``
+    (``arrays_data()`` makes them a job's data); or the default job."""
     if job is not None:
         if model is not None or data is not None or given:
             raise ValueError(f"give either job=..., or model=... with its data, not both "
                              f"(got job and {', '.join(['model'] * (model is not None) + given)})")
-        loaded = job_mod.from_module(job, job.__name__) if isinstance(job, types.ModuleType) else job_mod.load(job)
-    elif model is not None or data is not None or given:
-        if model is None or (data is None) == (x is None) or (data is not None and given):
+        return job_mod.from_module(job, job.__name__) if isinstance(job, types.ModuleType) else job_mod.load(job)
+    if model is not None or data is not None or given:
+        if model is None or (data is None) == ("x" not in given) or (data is not None and given):
             raise ValueError("give model=... and its data: either x=... (with y, batch_size, validation_data, "
                              "... as for model.fit) or data=... (what a job's build_data returns)")
-        loaded = job_mod.from_callables(model, data if data is not None else _data_from_arrays(
-            x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size))
-    else:
-        loaded = job_mod.load(None)
-    loaded.extra_callbacks = list(callbacks or [])
-    loaded.fit_overrides = {k: v for k, v in (("class_weight", class_weight), ("validation_freq", validation_freq))
-                            if v is not None}
+        return job_mod.from_callables(model, data if data is not None else arrays_data())
+    return job_mod.load(None)
+
+
+def _config(run_dir: str, loaded: job_mod.Job, preset: str | None, settings, epochs: int | None,
+            options: dict) -> TrainConfig:
+    """The run's TrainConfig, once the job's settings are chosen (its preset may give the epochs)."""
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
         settings = dataclasses.asdict(settings)
     _, preset_epochs = loaded.choose(preset, dict(settings or {}))
     epochs = epochs or preset_epochs
     if epochs is None:
         raise ConfigError("epochs", "no number of epochs given", "pass epochs=N")
-    if verbose == 0:
-        options.setdefault("quiet", True)
-    cfg = TrainConfig(run_dir, epochs=epochs, **options)
-    if not logging.getLogger().handlers:
-        from .cli import setup_logging
-        setup_logging()
-    in_main = threading.current_thread() is threading.main_thread()
-    return train(cfg, loaded, fresh=fresh, stop=StopRequest() if in_main else StopRequest(signals=()))
+    return TrainConfig(run_dir, epochs=epochs, **options)
 
 
 def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data, validation_split,

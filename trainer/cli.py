@@ -2,8 +2,8 @@
 
 The only place that parses flags. ``train`` parses in two stages: ``--job``
 first, then the trainer's flags together with the flags generated from the
-job's ``Settings`` dataclass (so ``--help`` lists them). Errors map to the
-exit codes of ``trainer.exitcodes``.
+job's ``Settings`` dataclass (so ``--help`` lists them). Expected errors are
+shown and mapped to exit codes by ``trainer.errors.report``.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import os
 import shlex
 import sys
 
-from . import exitcodes, rundir
+from . import rundir
 from .config import ConfigError, TrainConfig
+from .errors import TrainerError, report
 from .steering.signals import StopRequest, ignore_from_now_on
-from .storage import StorageError
 
 # how this process was started, for usage lines and the printed resume command
 PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
@@ -218,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         return verify_main(argv[1:], f"{PROG} verify")
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
-    log = logging.getLogger("trainer")
     try:
         if args.command == "jobs":
             from .examples import show
@@ -231,29 +230,20 @@ def main(argv: list[str] | None = None) -> int:
             return export_model(args.run_dir, args.out, args.source, _storage_options(args))
         from .commands import show_status
         return show_status(args.run_dir, _storage_options(args), as_json=args.json)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return exitcodes.BAD_INPUT
+    except ConfigError as exc:  # $TRAINER_STORAGE_OPTIONS
+        return report(exc)
 
 
 def _train_main(argv: list[str]) -> int:
-    from .job import JobError
-    from .settings import SettingError
-    log = logging.getLogger("trainer")
     # Catch stop signals before the slow TensorFlow and job imports, so that even
     # a signal during start-up ends with the documented exit code.
     try:
         with StopRequest() as stop:
             try:
                 cfg, job, args = parse_train(argv)
-            except (ConfigError, JobError, SettingError, ValueError) as exc:
+            except (TrainerError, ValueError) as exc:  # (a plain ValueError: a job's own check of its settings)
                 setup_logging()
-                log.error("%s", exc)
-                return exitcodes.BAD_INPUT
-            except StorageError as exc:
-                setup_logging()
-                log.error("%s", exc)
-                return exitcodes.STORAGE_ERROR
+                return report(exc)
             from .run import train
             return train(cfg, job, fresh=args.fresh, rollback_to=args.rollback_to,
                          resume_command=f"{PROG} train " + shlex.join(_one_shot_flags_removed(argv)),

@@ -7,20 +7,22 @@ the run's job to restore a checkpoint into it.
 from __future__ import annotations
 
 import json
+import sys
 
-from . import exitcodes, rundir
+from . import errors, rundir
 from .checkpoint.index import DIR, UnknownCheckpoint, committed_manifests, resolve
+from .errors import TrainerError, report
 from .rundir import CONFIG_FILE, HISTORY_JSON, MODEL_FILE
 from .steering import lr_override
-from .storage import Storage, StorageError
-from .training.history import RECORD_FIELDS
+from .storage import Storage, StorageError, open_storage
+from .training.history_format import RECORD_FIELDS
 
 
 def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None = None,
            create: bool = False) -> int:
     """Write a request; into a path that holds no run yet only with ``create`` (a typo'd path
     would otherwise take the request silently and the real run never see it)."""
-    storage = Storage.open(run_dir, storage_options)
+    storage = open_storage(run_dir, storage_options)
     try:
         if create:
             rundir.for_training(storage)
@@ -28,16 +30,14 @@ def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None
             rundir.for_reading(storage, "lr", hint="pass --create to queue it for a run that has not started yet")
         info = collect_status(storage)
         if at_epoch is not None and info["latest"] and info["latest"]["epoch"] > at_epoch:
-            print(f"error: --at-epoch {at_epoch}: the run is already past it (it has done "
-                  f"{info['latest']['epoch']} epochs); use `lr {run_dir} {value}` to change the rate now")
-            return exitcodes.BAD_INPUT
+            raise lr_override.OverrideError(
+                f"--at-epoch {at_epoch}: the run is already past it (it has done {info['latest']['epoch']} "
+                f"epochs); use `lr {run_dir} {value}` to change the rate now")
         lr, name = lr_override.request(storage, value, at_epoch)
-    except (lr_override.OverrideError, rundir.RunDirError) as exc:
-        print(f"error: {exc}")
-        return exitcodes.BAD_INPUT
-    except (StorageError, OSError) as exc:
-        print(f"error: {exc}")
-        return exitcodes.STORAGE_ERROR
+    except TrainerError as exc:
+        return report(exc, sys.stdout)
+    except OSError as exc:
+        return report(StorageError(str(exc)), sys.stdout)
     if at_epoch is not None:
         when = f"applied when epoch {at_epoch} begins (after {at_epoch} epochs; shown as Epoch {at_epoch + 1})"
     elif info["exists"]:
@@ -48,7 +48,7 @@ def set_lr(run_dir: str, value: str, storage_options: dict, at_epoch: int | None
     if not info["exists"]:
         when += " (no run there yet: --create)"
     print(f"wrote {storage.url(name)}: learning rate {lr:g}; {when}")
-    return exitcodes.DONE
+    return errors.DONE
 
 
 def collect_status(storage: Storage) -> dict:
@@ -94,20 +94,20 @@ def collect_status(storage: Storage) -> dict:
 
 
 def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> int:
-    storage = Storage.open(run_dir, storage_options)
+    storage = open_storage(run_dir, storage_options)
     try:
         rundir.for_reading(storage, "status")
         info = collect_status(storage)
     except rundir.RunDirError as exc:
-        return _status_error(exc, exitcodes.BAD_INPUT, as_json, {"run_dir": storage.root, "exists": False})
+        return _status_error(exc, as_json, {"run_dir": storage.root, "exists": False})
     except StorageError as exc:
-        return _status_error(exc, exitcodes.STORAGE_ERROR, as_json, {"run_dir": storage.root})
+        return _status_error(exc, as_json, {"run_dir": storage.root})
     if as_json:
         print(json.dumps(info, indent=1))
-        return exitcodes.DONE if info["exists"] else exitcodes.BAD_INPUT
+        return errors.DONE if info["exists"] else errors.BAD_INPUT
     if not info["exists"]:
         print(f"{run_dir}: no run here (no config.json and no committed checkpoint)")
-        return exitcodes.BAD_INPUT
+        return errors.BAD_INPUT
     latest = info["latest"]
     print(f"run:              {info['run_dir']}")
     print(f"job:              {info['job']}")
@@ -136,35 +136,31 @@ def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> i
     print(f"resumes:          {info['resumes']}; lr changes: {len(info['lr_changes'])}; "
           f"rollbacks: {len(info['rollbacks'])}")
     print(f"model.keras:      {'written' if info['model_exported'] else 'not yet (written when training ends)'}")
-    return exitcodes.DONE
+    return errors.DONE
 
 
-def _status_error(exc: Exception, code: int, as_json: bool, known: dict) -> int:
+def _status_error(exc: TrainerError, as_json: bool, known: dict) -> int:
     """One line: JSON with ``--json`` (so a script polling a run that has not started yet can
-    always parse it), else the message."""
-    print(json.dumps({**known, "error": str(exc)}) if as_json else f"error: {exc}")
-    return code
+    always parse it), else as every command reports an error."""
+    if not as_json:
+        return report(exc, sys.stdout)
+    print(json.dumps({**known, "error": str(exc)}))
+    return exc.exit_code
 
 
 def export_model(run_dir: str, out: str, source: str | None, storage_options: dict) -> int:
     """Restore a kept checkpoint into the run's job and save it as a .keras file."""
-    storage = Storage.open(run_dir, storage_options)
+    storage = open_storage(run_dir, storage_options)
     try:
         rundir.for_reading(storage, "export")
         manifest = resolve(storage, source) if source else (committed_manifests(storage) or [None])[0]
         if manifest is None:
-            print(f"error: {storage.url(DIR)} has no committed checkpoint to export")
-            return exitcodes.BAD_INPUT
+            raise UnknownCheckpoint(f"{storage.url(DIR)} has no committed checkpoint to export")
         config = json.loads(storage.read_text(CONFIG_FILE))
-    except (UnknownCheckpoint, rundir.RunDirError) as exc:
-        print(f"error: {exc}")
-        return exitcodes.BAD_INPUT
     except FileNotFoundError:
-        print(f"error: {storage.url(CONFIG_FILE)} is missing: not a run directory")
-        return exitcodes.BAD_INPUT
-    except StorageError as exc:
-        print(f"error: {exc}")
-        return exitcodes.STORAGE_ERROR
+        return report(rundir.RunDirError(f"{storage.url(CONFIG_FILE)} is missing: not a run directory"), sys.stdout)
+    except TrainerError as exc:
+        return report(exc, sys.stdout)
     from .export import rebuild_and_save
     return rebuild_and_save(storage, config, manifest, out)
 

@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import BAD_INPUT, TrainerError
 
-class ConfigError(ValueError):
+
+class ConfigError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """A bad setting: names the field/flag, what was expected and a hint."""
 
     def __init__(self, name: str, problem: str, hint: str = ""):

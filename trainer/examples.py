@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import exitcodes
+from . import errors
 
 DEFAULT = "fashion_mnist"
 _JOB_FUNCTIONS = {"build_model", "build_data"}
@@ -90,11 +90,11 @@ def show(as_json: bool = False) -> int:
     if not examples:
         print("error: the example jobs are not installed (expected trainer/jobs/ in the package, or jobs/ beside "
               "trainer/ in a checkout); reinstall keras-resume, or pass --job path/to/your_job.py")
-        return exitcodes.BAD_INPUT
+        return errors.BAD_INPUT
     if as_json:
         print(json.dumps([{"name": e.name, "path": str(e.path), "summary": e.summary, "default": e.name == DEFAULT,
                            "needs": [str(p) for p in e.needs]} for e in examples], indent=1))
-        return exitcodes.DONE
+        return errors.DONE
     width = max(len(e.name) for e in examples) + len(" (default)")
     for e in examples:
         label = e.name + (" (default)" if e.name == DEFAULT else "")
@@ -104,4 +104,4 @@ def show(as_json: bool = False) -> int:
             print(f"{'':<{width}}  imports {need.name} from beside it: copy that file too")
     print("\nrun one:     trainer train --job NAME --run-dir runs/x   (NAME as above; `--job NAME --help` lists its "
           "settings)\nstart yours: copy a file above (with what it imports) and run it with --job my_job.py")
-    return exitcodes.DONE
+    return errors.DONE

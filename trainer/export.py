@@ -12,7 +12,15 @@ import logging
 import os
 import tempfile
 
-from .rundir import CHECKPOINTS_DIR, MODEL_FILE
+from . import errors
+from .building import build
+from .checkpoint.store import CheckpointError, CheckpointStore
+from .cluster import distribute
+from .config import TrainConfig
+from .errors import TrainerError, report
+from .job import load
+from .rundir import CHECKPOINTS_DIR, MODEL_FILE, local_dir
+from .storage import Storage, open_storage
 
 log = logging.getLogger("trainer")
 
@@ -46,49 +54,36 @@ def write_model(model, storage, rel: str = MODEL_FILE) -> None:
     log.info("model exported to %s", storage.url(rel))
 
 
-def rebuild_and_save(storage, config: dict, manifest: dict, out: str) -> int:
+def rebuild_and_save(storage: Storage, config: dict, manifest: dict, out: str) -> int:
     """``python -m trainer export``: the run's job and settings (from config.json), checkpoint
     ``manifest`` restored into them, saved to ``out`` (a local path or an fsspec URL)."""
-    from . import exitcodes
-    from .checkpoint.store import CheckpointError, CheckpointStore
-    from .config import TrainConfig
-    from .data.sources import DataError
-    from .job import JobError, load
-    from .run import build, staging_dir
-    from .storage import Storage, StorageError
-    from .training.variables import ModelError
     try:
-        job = load(config["job"])
-        job.choose(None, config.get("job_settings") or {})
-        trainer_cfg = {k: v for k, v in (config.get("trainer") or {}).items() if k != "run_dir"}
-        cfg = TrainConfig(storage.root, storage_options=storage.options, **trainer_cfg)
-        from .cluster import distribute
-        built = build(job, cfg, distribute.setup("default"))
-        with tempfile.TemporaryDirectory() as tmp:
-            local_dir = storage.local_path(CHECKPOINTS_DIR) or os.path.join(staging_dir(cfg, storage), CHECKPOINTS_DIR)
-            store = CheckpointStore(built.groups, storage, local_dir, cfg.max_to_keep)
-            try:
-                store.restore(manifest["number"])
-            finally:
-                store.close()
-            local = out if "://" not in out else os.path.join(tmp, MODEL_FILE)
-            save_local(built.model, local)
-            if "://" in out:
-                parent, name = out.rstrip("/").rsplit("/", 1)
-                Storage.open(parent, storage.options).upload(local, name)
-    except (JobError, ModelError, ValueError) as exc:
-        log.error("%s", exc)
-        return exitcodes.BAD_INPUT
-    except DataError as exc:
-        log.error("%s", exc)
-        return exitcodes.DATA_ERROR
-    except CheckpointError as exc:
-        log.error("ckpt-%s cannot be exported: %s", manifest["number"], exc)
-        return exitcodes.CHECKPOINT_ERROR
-    except StorageError as exc:
-        log.error("%s", exc)
-        return exitcodes.STORAGE_ERROR
+        _rebuild_and_save(storage, config, manifest, out)
+    except (TrainerError, ValueError) as exc:  # (a plain ValueError: a job's own check of its settings)
+        return report(exc)
     print(f"wrote {out}: the model of ckpt-{manifest['number']} (epoch {manifest.get('epoch')}, "
           f"step {manifest.get('step_in_epoch')} in epoch, global step {manifest.get('global_step')}); "
           "load it with keras.models.load_model")
-    return exitcodes.DONE
+    return errors.DONE
+
+
+def _rebuild_and_save(storage: Storage, config: dict, manifest: dict, out: str) -> None:
+    job = load(config["job"])
+    job.choose(None, config.get("job_settings") or {})
+    trainer_cfg = {k: v for k, v in (config.get("trainer") or {}).items() if k != "run_dir"}
+    cfg = TrainConfig(storage.root, storage_options=storage.options, **trainer_cfg)
+    built = build(job, cfg, distribute.setup("default"))
+    store = CheckpointStore(built.groups, storage, local_dir(storage, CHECKPOINTS_DIR, cfg.staging_dir),
+                            cfg.max_to_keep)
+    try:
+        store.restore(manifest["number"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"ckpt-{manifest['number']} cannot be exported: {exc}") from exc
+    finally:
+        store.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = out if "://" not in out else os.path.join(tmp, MODEL_FILE)
+        save_local(built.model, local)
+        if "://" in out:
+            parent, name = out.rstrip("/").rsplit("/", 1)
+            open_storage(parent, storage.options).upload(local, name)

@@ -31,12 +31,13 @@ from typing import Any, Callable
 
 from . import examples
 from . import settings as settings_mod
+from .errors import BAD_INPUT, TrainerError
 from .training import fit_options as fit_mod
 
 REQUIRED = ("build_model", "build_data")
 
 
-class JobError(ValueError):
+class JobError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """The job cannot be used; the message names the job and what was expected (exit code 2)."""
 
 

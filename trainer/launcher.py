@@ -23,7 +23,7 @@ from typing import Callable
 
 import submitit
 
-from . import exitcodes, rundir
+from . import errors, rundir
 from .steering.signals import CAUGHT
 
 REQUEUE_WAIT_S = 300  # a task other than the first waits this long for the job's requeue to end it
@@ -49,9 +49,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
         requeue_handlers = {sig: signal.getsignal(sig) for sig in CAUGHT}
         cfg, job, args = parse_train(self.train_args)
         outcome = train(cfg, job, fresh=args.fresh)
-        if outcome.exit_code == exitcodes.DONE:
+        if outcome.exit_code == errors.DONE:
             return outcome.final_metrics
-        if exitcodes.is_interrupted(outcome.exit_code):
+        if errors.is_interrupted(outcome.exit_code):
             signum = outcome.exit_code - 128
             handler = _submitit_handler(requeue_handlers, signum)
             if handler is not None:

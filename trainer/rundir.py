@@ -7,16 +7,19 @@ run; ``status``, ``export`` and ``lr`` need a run (a ``config.json`` or a
 ``checkpoints/`` folder). Anything else is refused with one line naming the
 path and what was expected: exit code 2 for a wrong path (a file, another
 program's folder, a URL without a bucket), 5 when the path is right but
-cannot be read or written (see ``trainer.exitcodes``).
+cannot be read or written (see ``trainer.errors``).
 
 Local paths are checked on the file system; URLs by their form, then by
 listing them (``train`` and ``lr --create`` probe the store first).
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 
-from .storage import Place, PlaceKind, Storage, StorageError
+from .errors import BAD_INPUT, TrainerError
+from .storage import Place, PlaceKind, Storage, StorageError, open_storage
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -35,8 +38,23 @@ EXPECTED_NEW = "a new path, an empty folder or a run of `trainer train`"
 EXPECTED_RUN = "a run directory written by `trainer train` (with config.json or checkpoints/)"
 
 
-class RunDirError(ValueError):
+class RunDirError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """The path cannot be this command's run dir (exit code 2); the message names it."""
+
+
+def local_dir(storage: Storage, rel: str, staging_dir: str | None = None, worker: int | None = None) -> str:
+    """The folder on this machine where TensorFlow reads and writes the run dir's ``rel``
+    (checkpoints, TensorBoard logs): the run dir's own for a local run; for a remote one a
+    staging folder that is uploaded from (``staging_dir``, else one per run URL under
+    $TRAINER_STAGING_DIR or ~/.cache/trainer/staging), a copy of its own for a ``worker``
+    other than the chief."""
+    local = storage.local_path(rel)
+    if local is not None:
+        return local
+    base = staging_dir or os.path.join(
+        os.environ.get("TRAINER_STAGING_DIR", os.path.join(os.path.expanduser("~"), ".cache", "trainer", "staging")),
+        hashlib.sha1(storage.root.encode()).hexdigest()[:16])
+    return os.path.join(base, rel) if worker is None else os.path.join(base, f"worker-{worker}", rel)
 
 
 def is_own(name: str) -> bool:
@@ -47,7 +65,7 @@ def is_own(name: str) -> bool:
 def precheck_training(run_dir: str) -> None:
     """What ``train`` can check before the job loads and without asking a store: a URL's
     form, everything about a local path."""
-    storage = Storage.open(run_dir)
+    storage = open_storage(run_dir)
     if _usable_place(storage).kind is not PlaceKind.STORE:
         for_training(storage)
 

@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from .errors import BAD_INPUT, TrainerError
+
 MAY_CHANGE = "may_change"
 
 
@@ -22,7 +24,7 @@ def setting(default: Any, *, help: str = "", may_change: bool = False) -> Any:  
     return dataclasses.field(default=default, metadata={"help": help, MAY_CHANGE: may_change})
 
 
-class SettingError(ValueError):
+class SettingError(TrainerError, ValueError, exit_code=BAD_INPUT):
     def __init__(self, name: str, problem: str):
         self.name = name
         super().__init__(f"--{name.replace('_', '-')}: {problem}")

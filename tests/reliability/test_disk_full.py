@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests import helpers
-from trainer import exitcodes
+from trainer import errors
 
 
 def _latest_step(run_dir):
@@ -45,7 +45,7 @@ def test_disk_full_during_save(small_disk, tmp_path):
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
     gate.allow(10_000)  # the save at step 45 meets the full disk
     out += proc.communicate(timeout=120)[0]
-    assert proc.returncode == exitcodes.CHECKPOINT_ERROR, out
+    assert proc.returncode == errors.CHECKPOINT_ERROR, out
     assert "No space left on device" in out
     intact = int(re.search(r"the earlier checkpoint ckpt-(\d+) is intact", out).group(1))
     status = json.loads(helpers.run(["status", str(run_dir), "--json"]).stdout)

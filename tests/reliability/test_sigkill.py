@@ -12,7 +12,7 @@ import pytest
 
 from tests import helpers
 from trainer.checkpoint.index import DIR, committed, leftovers, number_of
-from trainer.storage import Storage
+from trainer.storage import Storage, open_storage
 
 # kind: (fewest kills, fewest saves the run must reach). Every step saves, and a save is
 # written, committed (and uploaded) in the background while the next steps run,
@@ -60,7 +60,7 @@ def _stale(places) -> list[tuple[Storage, str]]:
 def test_sigkill_during_saves_never_loses_a_commit(run_root, tmp_path, fault_report):
     kind, url, options = run_root
     kills, min_saves = PLAN[kind]
-    store = Storage.open(url, options)
+    store = open_storage(url, options)
     args = ["train", "--run-dir", url, *helpers.TINY, "--epochs", "200", "--save-every-steps", "1"]
     if options:
         args += ["--storage-options", json.dumps(options)]
@@ -70,7 +70,7 @@ def test_sigkill_during_saves_never_loses_a_commit(run_root, tmp_path, fault_rep
         places = [store]
         if options:  # every other start runs on a new node, whose staging folder is empty
             staging = tmp_path / f"node-{trial // 2}"
-            places.append(Storage.open(str(staging)))
+            places.append(open_storage(str(staging)))
             trial_args = args + ["--staging-dir", str(staging)]
         else:
             trial_args = args

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+from ..errors import BAD_INPUT, TrainerError
 from ..rundir import CHECKPOINTS_DIR as DIR
 
 MARKER = ".commit.json"
@@ -83,7 +84,7 @@ def leftovers(names) -> list[str]:
                   or ".tmp-" in n)
 
 
-class UnknownCheckpoint(ValueError):
+class UnknownCheckpoint(TrainerError, ValueError, exit_code=BAD_INPUT):
     """A ``--from`` reference that names no committed checkpoint (exit code 2)."""
 
 

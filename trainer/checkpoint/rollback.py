@@ -22,6 +22,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from ..errors import BAD_INPUT, TrainerError
 from ..rundir import ARCHIVE_DIR as ARCHIVE
 from ..rundir import HISTORY_JSON, HISTORY_PNG, MODEL_FILE
 from ..rundir import ROLLBACKS_FILE as RECORD
@@ -32,7 +33,7 @@ log = logging.getLogger("trainer")
 MOVED_FILES = (HISTORY_JSON, HISTORY_PNG, MODEL_FILE)
 
 
-class RollbackError(ValueError):
+class RollbackError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """``--from`` names no usable checkpoint (exit code 2); nothing was moved."""
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from ..errors import CHECKPOINT_ERROR, TrainerError
 from ..storage import Storage, StorageError, atomic_write
 from ..storage.worker import LatestOnlyWorker
 from .index import (
@@ -48,7 +49,7 @@ from .index import (
 log = logging.getLogger("trainer.checkpoints")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TrainerError, RuntimeError, exit_code=CHECKPOINT_ERROR):
     """No checkpoint can be used although the run has some."""
 
 

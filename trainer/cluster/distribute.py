@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from ..config import STRATEGIES
 from ..data.sources import Replicas
+from ..errors import BAD_INPUT, TrainerError
 
 log = logging.getLogger("trainer")
 
@@ -150,7 +151,7 @@ class Cluster:
 PORTS_PER_JOB = 8  # a SLURM job's workers on one node listen on port_base .. port_base + 7
 
 
-class ClusterError(ValueError):
+class ClusterError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """No usable cluster for ``--strategy multi-worker`` (exit code 2)."""
 
 

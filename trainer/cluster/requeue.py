@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import exitcodes
+from .. import errors
 
-NEVER_REQUEUE = {exitcodes.BAD_INPUT, exitcodes.CHECKPOINT_ERROR, exitcodes.DATA_ERROR,
-                 exitcodes.STORAGE_ERROR}
+NEVER_REQUEUE = {errors.BAD_INPUT, errors.CHECKPOINT_ERROR, errors.DATA_ERROR,
+                 errors.STORAGE_ERROR}
 TIMEOUT_SLACK_S = 120.0  # a stop this close to the end time counts as the time-limit warning
 
 
@@ -47,15 +47,15 @@ def classify_stop(now: float, end_time: float | None) -> str:
 
 def decide(code: int, restart_count: int, *, max_crash_restarts: int = 3, max_requeues: int = 100,
            stop_kind: str = "preemption") -> Decision:
-    if code == exitcodes.DONE:
+    if code == errors.DONE:
         return Decision(False, "training complete")
     if code in NEVER_REQUEUE:
         return Decision(False, f"exit code {code} is not retryable (see README's exit codes)")
-    if code == exitcodes.PEER_LOST:
+    if code == errors.PEER_LOST:
         if restart_count >= max_requeues:
             return Decision(False, f"a worker was lost {restart_count} times (TRAINER_MAX_REQUEUES={max_requeues})")
         return Decision(True, "a worker of the job was lost; the newest commit is intact")
-    if exitcodes.is_interrupted(code):
+    if errors.is_interrupted(code):
         if stop_kind == "timeout" and restart_count >= max_requeues:
             return Decision(False, f"time limit reached {restart_count} times (TRAINER_MAX_REQUEUES={max_requeues})")
         return Decision(True, f"stopped by signal {code - 128} ({stop_kind}) after a checkpoint")
@@ -89,7 +89,7 @@ def main(argv=None, env=None, run: Callable = subprocess.run, clock: Callable[[]
     env = os.environ if env is None else env
     code = int(argv[0])
     job = job_target(env)
-    kind = classify_stop(clock(), job_end_time(env["SLURM_JOB_ID"], run)) if exitcodes.is_interrupted(code) else ""
+    kind = classify_stop(clock(), job_end_time(env["SLURM_JOB_ID"], run)) if errors.is_interrupted(code) else ""
     decision = decide(code, int(env.get("SLURM_RESTART_COUNT", 0) or 0),
                       max_crash_restarts=int(env.get("TRAINER_MAX_CRASH_RESTARTS", 3)),
                       max_requeues=int(env.get("TRAINER_MAX_REQUEUES", 100)), stop_kind=kind or "preemption")

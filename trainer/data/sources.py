@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from ..errors import DATA_ERROR, TrainerError
 from .example_random import ExampleRandom, example_keys
 
 PARALLEL_CALLS = 2
 PREFETCH_BATCHES = 2
 
 
-class DataError(RuntimeError):
+class DataError(TrainerError, RuntimeError, exit_code=DATA_ERROR):
     """The dataset is missing or damaged; the message names the file and a fix (exit code 4)."""
 
 

@@ -21,6 +21,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from ..errors import BAD_INPUT, TrainerError
 from ..rundir import LR_REQUEST as PENDING
 
 SCHEDULED_PREFIX = PENDING + ".epoch-"
@@ -30,7 +31,7 @@ FORMAT = "one positive number such as 0.01 or 1e-2 (lines starting with # are ig
 _SCHEDULED = re.compile(r"^lr_override\.epoch-(\d+)$")
 
 
-class OverrideError(ValueError):
+class OverrideError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """A malformed request file; the message names the file and the format."""
 
 

@@ -10,10 +10,6 @@ import logging
 import threading
 
 from ..storage import StorageError
-
-# Steering moved to training.lr_change (it applies requests to the training state); run.py still
-# imports it from here: drop this line (and its entry in .importlinter) once it imports it from there
-from ..training.lr_change import Steering  # noqa: F401
 from . import lr_override
 from .lr_override import OverrideError, Request
 

@@ -1,7 +1,7 @@
 """File access for a run directory: plain OS calls for local paths, fsspec for URLs.
 
 One interface, :class:`Storage`, with a backend per kind of root chosen once by
-:meth:`Storage.open`: :class:`LocalStorage` (``local.py``) and :class:`RemoteStorage`
+:func:`open_storage`: :class:`LocalStorage` (``local.py``) and :class:`RemoteStorage`
 (``remote.py``); what a failure means is decided in ``errors.py``, atomic local
 writes are made in ``files.py``.
 
@@ -52,11 +52,25 @@ stays :class:`FileNotFoundError` for ``read_bytes``/``read_text``/``size``/
 ``download``. Local operations raise the OS's own ``OSError`` (which names the
 path), except :meth:`Storage.probe`, which always raises ``StorageError``.
 """
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
 from .base import PROBE_TIMEOUT_S, Place, PlaceKind, Storage
 from .errors import RetryPolicy, StorageError, http_status, is_transient
 from .files import atomic_write
 from .local import LocalStorage
 from .remote import RemoteStorage
 
-__all__ = ["PROBE_TIMEOUT_S", "LocalStorage", "Place", "PlaceKind", "RemoteStorage", "RetryPolicy", "Storage",
+__all__ = ["PROBE_TIMEOUT_S", "LocalStorage", "open_storage", "Place", "PlaceKind", "RemoteStorage", "RetryPolicy", "Storage",
            "StorageError", "atomic_write", "http_status", "is_transient"]
+
+
+def open_storage(root: str, options: dict | None = None, retry: RetryPolicy = RetryPolicy(),
+                 sleep: Callable[[float], None] = time.sleep) -> Storage:
+    """The backend for ``root``, chosen once: a local path (or ``file://`` path), or any fsspec
+    URL. ``retry`` and ``sleep`` govern a remote backend's retries."""
+    if "://" in root and not root.startswith("file://"):
+        return RemoteStorage(root, options, retry, sleep)
+    return LocalStorage(root, options)

@@ -4,13 +4,11 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import RetryPolicy, StorageError
+from .errors import StorageError
 
 PROBE_TIMEOUT_S = 30.0
 _PROBE_PAYLOAD = b"trainer storage probe\n"
@@ -40,23 +38,12 @@ class Place:
 class Storage(ABC):
     """A run directory's files, addressed by '/'-separated paths relative to its root.
 
-    Open one with :meth:`Storage.open`, which picks the backend for the root once."""
+    Open one with :func:`trainer.storage.open_storage`, which picks the backend for the root once."""
     is_remote: bool  # True for object stores; prefer ``local_path(rel) is None`` to test it
 
     def __init__(self, root: str, options: dict | None = None):
         self.root = root
         self.options = dict(options or {})
-
-    @staticmethod
-    def open(root: str, options: dict | None = None, retry: RetryPolicy = RetryPolicy(),
-             sleep: Callable[[float], None] = time.sleep) -> Storage:
-        """The backend for ``root``: a local path (or ``file://`` path), or any fsspec URL.
-        ``retry`` and ``sleep`` govern a remote backend's retries."""
-        from .local import LocalStorage  # the backends import this module
-        from .remote import RemoteStorage
-        if "://" in root and not root.startswith("file://"):
-            return RemoteStorage(root, options, retry, sleep)
-        return LocalStorage(root, options)
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"

@@ -10,6 +10,8 @@ import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..errors import STORAGE_ERROR, TrainerError
+
 _MIN_WRITE_RATE = float(1 << 20)  # bytes/s assumed at worst when bounding a remote write
 
 # Exception type names (anywhere in the cause chain) that mean "try again".
@@ -27,7 +29,7 @@ _CREDENTIAL_PHRASES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredTo
                        "Anonymous caller", "Unable to locate credentials", "Invalid Credentials")
 
 
-class StorageError(Exception):
+class StorageError(TrainerError, exit_code=STORAGE_ERROR):
     """Storage cannot be used; the message names the URL and says what to check."""
 
 

@@ -28,10 +28,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..errors import BAD_INPUT, TrainerError
+
 log = logging.getLogger("trainer")
 
 
-class CallbackStateError(ValueError):
+class CallbackStateError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """A callback's state cannot be kept (exit code 2): the message names the callback."""
 
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import BAD_INPUT, TrainerError
+
 SUPPORTED = ("class_weight", "validation_freq")
 
 
-class FitOptionError(ValueError):
+class FitOptionError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """A fit argument has the wrong kind or value; the message names it (exit code 2)."""
 
 

@@ -14,10 +14,7 @@ import logging
 from ..rundir import HISTORY_JSON, HISTORY_PNG
 from ..storage import StorageError
 from ..storage.worker import LatestOnlyWorker
-
-# add_event and RECORD_FIELDS are also reached here by run.py and commands.py; they belong to
-# history_format (drop add_event from this line once those import it from there)
-from .history_format import RECORD_FIELDS, add_event  # noqa: F401
+from .history_format import RECORD_FIELDS
 
 log = logging.getLogger("trainer")
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from ..cluster.distribute import Agreement, Decisions
-from ..data.sources import Replicas
+from ..data.sources import SINGLE, Replicas
 from ..steering.requests import LrRequests
 from ..steering.signals import StopRequest
 from . import execution
@@ -50,29 +50,32 @@ class Interrupted(Exception):
         self.checkpoint = checkpoint
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Loop:
+    """Built by keyword (``train`` and the benchmarks alike); what a run without workers,
+    steering or callbacks does not need has a default."""
     model: keras.Model
-    strategy: tf.distribute.Strategy
-    replicas: Replicas
     train: object                  # a trainer.data source
-    validation: object | None
-    seed: int
     epochs: int
     state: TrainerState
     saver: Saver
-    stop: StopRequest
-    agreement: Agreement
     progress: Progress
-    steering: Steering
-    requests: LrRequests | None    # the chief's view of the run dir's LR requests
-    history: HistoryWriter | None  # the chief writes history.json/png
+    strategy: tf.distribute.Strategy | None = None  # default: the model's
+    replicas: Replicas = SINGLE
+    validation: object | None = None
+    seed: int = 0
+    stop: StopRequest = field(default_factory=lambda: StopRequest(signals=()))
+    agreement: Agreement = field(default_factory=Agreement)
+    steering: Steering | None = None  # live learning-rate changes
+    requests: LrRequests | None = None  # the chief's view of the run dir's LR requests
+    history: HistoryWriter | None = None  # the chief writes history.json/png
     callbacks: keras.callbacks.CallbackList | None = None
     callback_states: CallbackStates | None = None  # what the callbacks resume with (with ``callbacks``)
     validation_freq: int | tuple = 1  # as model.fit's: every N epochs, or the listed (1-based) epochs
     max_steps: int | None = None   # end once this global step is done (``--max-steps``)
 
     def __post_init__(self):
+        self.strategy = self.strategy or self.model.distribute_strategy
         self.steps_per_execution = self.model.steps_per_execution  # (checked when the job was loaded)
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
         self._test_fn = None

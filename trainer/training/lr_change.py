@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import keras
 
 from ..steering import lr_override
 from ..steering.lr_override import OverrideError, Request
+from ..steering.requests import LrRequests
 from .history_format import add_event
 from .state import TrainerState
-
-if TYPE_CHECKING:  # (steering.requests re-exports Steering until run.py imports it from here)
-    from ..steering.requests import LrRequests
 
 log = logging.getLogger("trainer")
 

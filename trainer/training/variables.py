@@ -13,8 +13,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from ..errors import BAD_INPUT, TrainerError
 
-class ModelError(ValueError):
+
+class ModelError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """The job's model cannot be trained as given (exit code 2)."""
 
 

@@ -5,7 +5,7 @@ import importlib
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import exitcodes
+from .. import errors
 from .compare import compare
 from .messages import VerifyError, count, say
 from .plan import Plan, make_plan, parser
@@ -19,12 +19,12 @@ def main(argv: list[str], prog: str = "trainer verify") -> int:
         plan = make_plan(args, rest)
     except VerifyError as exc:
         print(f"verify: error: {exc}", flush=True)
-        return exc.code
+        return exc.exit_code
     try:
         return _verify(plan)
     except VerifyError as exc:
         say(f"FAILED: {exc}")
-        return exc.code
+        return exc.exit_code
     finally:
         if args.keep:
             say(f"run dirs kept in {plan.work_dir}")
@@ -52,7 +52,7 @@ def _verify(plan: Plan) -> int:
             f"{count(len(stops(stopped)), 'stop')}: this job resumes exactly")
         for note in warnings(runs):
             say(f"note: passed, but a start-up warning says {note}; try more --steps and --stops")
-        return exitcodes.DONE
+        return errors.DONE
     say(f"{len(diffs)} of {compared} variables differ; a second uninterrupted run tells nondeterminism "
         "from a resume that loses state")
     second = uninterrupted(plan, "uninterrupted-again")

@@ -1,13 +1,16 @@
 """What every part of verify prints with, and the error that ends it."""
 from __future__ import annotations
 
+from .. import errors
 
-class VerifyError(Exception):
-    """verify cannot go on; ``code`` is its exit code, the message says why."""
 
-    def __init__(self, message: str, code: int = 1):
+class VerifyError(errors.TrainerError):
+    """verify cannot go on; ``exit_code`` is given per failure (2 for bad flags, else 1), the
+    message says why."""
+
+    def __init__(self, message: str, code: int = errors.CRASH):
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
 
 
 def tail(output: str, lines: int = 15) -> str:

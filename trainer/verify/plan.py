@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import exitcodes
+from .. import errors
 from .messages import VerifyError
 
 OWN_FLAGS = ("--run-dir", "--fresh", "--from", "--max-steps")
@@ -44,13 +44,13 @@ def make_plan(args, rest: list[str]) -> Plan:
     """The plan of the parsed flags ``args`` (``rest`` goes to ``train``); makes the work folder."""
     for flag in OWN_FLAGS:
         if any(a == flag or a.startswith(flag + "=") for a in rest):
-            raise VerifyError(f"{flag}: verify chooses it itself for its runs; leave it out", exitcodes.BAD_INPUT)
+            raise VerifyError(f"{flag}: verify chooses it itself for its runs; leave it out", errors.BAD_INPUT)
     if args.steps < 2:
-        raise VerifyError(f"--steps: must be >= 2, got {args.steps}", exitcodes.BAD_INPUT)
+        raise VerifyError(f"--steps: must be >= 2, got {args.steps}", errors.BAD_INPUT)
     if args.stops < 1:
-        raise VerifyError(f"--stops: must be >= 1, got {args.stops}", exitcodes.BAD_INPUT)
+        raise VerifyError(f"--stops: must be >= 1, got {args.stops}", errors.BAD_INPUT)
     if args.stops >= args.steps:
-        raise VerifyError(f"--stops: {args.stops} stops need more than {args.stops} --steps", exitcodes.BAD_INPUT)
+        raise VerifyError(f"--stops: {args.stops} stops need more than {args.stops} --steps", errors.BAD_INPUT)
     job = ["--job", args.job] if args.job else []
     if args.work_dir:
         os.makedirs(args.work_dir, exist_ok=True)

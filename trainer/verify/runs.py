@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import exitcodes
+from .. import errors
 from .messages import VerifyError, say, tail
 from .plan import Plan
 
@@ -42,7 +42,7 @@ def uninterrupted(plan: Plan, name: str) -> Run:
     say(f"{name} run started")
     started = time.monotonic()
     code = _finish(run, _start(plan, run), [], None)
-    if code != exitcodes.DONE:
+    if code != errors.DONE:
         raise run_failed(run, code)
     where = position(run)
     say(f"{name} run done: global step {where['global_step']} ({where['epoch']} epochs and "
@@ -69,10 +69,10 @@ def interrupted(plan: Plan) -> Run:
         more, landed = _read_until_step(proc, max(target, reached + 1))
         code = _finish(run, proc, seen + more, sig if landed else None)
         proc = None
-        if code == exitcodes.DONE:
+        if code == errors.DONE:
             say(f"  the run finished before the {signal.Signals(sig).name} landed")
             return run
-        if code != exitcodes.interrupted(sig):
+        if code != errors.interrupted(sig):
             raise run_failed(run, code)
         epoch, step, steps, reached, number = _last_stop(run)
         committed = position(run)["global_step"]
@@ -84,7 +84,7 @@ def interrupted(plan: Plan) -> Run:
     if proc is None:
         proc, seen = _start(plan, run), []
     code = _finish(run, proc, seen, None)
-    if code != exitcodes.DONE:
+    if code != errors.DONE:
         raise run_failed(run, code)
     say(f"  resumed to the end: global step {position(run)['global_step']}")
     return run
@@ -179,7 +179,7 @@ def position(run: Run) -> dict:
 def run_failed(run: Run, code: int) -> VerifyError:
     """Why a run ended with ``code``: a bad job or flags (exit 2 passes through) or an error."""
     output = run.outputs[-1] if run.outputs else ""
-    if code == exitcodes.BAD_INPUT:
+    if code == errors.BAD_INPUT:
         return VerifyError(f"`train` refused the job or its flags (exit 2):\n{tail(output)}", code)
     hint = ""
     if re.search(r"determinis", output, re.IGNORECASE) and "Error" in output:
