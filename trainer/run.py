@@ -38,7 +38,7 @@ from .training import history as monitor
 from .training.callback_state import CallbackStateError, CallbackStates
 from .training.loop import Interrupted, Loop
 from .training.progress import Progress
-from .training.saver import Saver
+from .training.saver import CheckpointContents, Saver, SaveSchedule
 from .training.state import TrainerState
 from .training.variables import ModelError, check_model, prepare, state_variable
 
@@ -271,9 +271,9 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
         state = TrainerState(lr=float(built.model.optimizer.learning_rate.numpy()), seed=cfg.seed)
         log.info("starting a new run in %s (%d epochs)", storage.root, cfg.epochs)
 
-    saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
-                  cfg.save_every_seconds, cfg.keep_every_epochs, cluster.replicas.total,
-                  callback_states=built.callback_states)
+    saver = Saver(state, store, CheckpointContents(built.state_var, built.model.optimizer, built.callback_states,
+                                                   cluster.replicas.total),
+                  SaveSchedule(cfg.save_every_steps, cfg.save_every_seconds, cfg.keep_every_epochs))
     steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, chief)
     pending = requests.immediate() if chief else None
     value = agreement.share(pending.value if pending else None)
