@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 
 from ..storage import Storage
 from ..storage.worker import LatestOnlyWorker
-from .commit import CommitDir, crc32_of
+from .commit import CommitDir
 from .errors import CheckpointError, CheckpointWriteError, CorruptCheckpoint, IncompatibleCheckpoint
 from .index import DIR, committed, number_of
 from .mirror import Mirror, mirror_for
-from .snapshot import Snapshot, checkpoint_key, state_file_readable
+from .snapshot import Snapshot, state_file_readable
 
-__all__ = ["CheckpointError", "CheckpointStore", "CheckpointWriteError", "CorruptCheckpoint",
-           "IncompatibleCheckpoint", "SaveStats", "checkpoint_key", "crc32_of"]
+# (the errors callers catch, importable from here as before the split)
+__all__ = ["CheckpointError", "CheckpointStore", "IncompatibleCheckpoint", "SaveStats"]
 
 log = logging.getLogger("trainer.checkpoints")
 
@@ -56,7 +56,6 @@ class CheckpointStore:
                  writes: bool = True, on_device: bool = False, holds_replica_zero: bool = True):
         self.storage = storage          # the run directory
         self.local_dir = local_dir      # where TF writes
-        self.max_to_keep = max_to_keep
         self.writes = writes
         self.stats = SaveStats()
         self.snapshot = Snapshot(groups, on_device, holds_replica_zero)
