@@ -47,7 +47,7 @@ def worker(preset: str, steps: int, rounds: int, out: str) -> None:
     from trainer.storage import open_storage
     from trainer.training.loop import Loop
     from trainer.training.progress import Progress
-    from trainer.training.saver import Saver
+    from trainer.training.saver import CheckpointContents, Saver
     from trainer.training.state import TrainerState
 
     cluster = distribute.setup("auto")
@@ -66,7 +66,7 @@ def worker(preset: str, steps: int, rounds: int, out: str) -> None:
     def make(agreement):
         """One loop per kind (traced once, as in a real run); each call trains one more epoch."""
         state = TrainerState()
-        saver = Saver(state, built.state_var, store, built.model.optimizer, data.steps_per_epoch, None, None)
+        saver = Saver(state, store, CheckpointContents(built.state_var, built.model.optimizer))
         loop = Loop(model=built.model, strategy=cluster.strategy, replicas=cluster.replicas, train=data, epochs=0,
                     state=state, saver=saver, agreement=agreement,
                     progress=Progress(state, data.steps_per_epoch, 1, True, stream=quiet))

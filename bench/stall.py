@@ -28,7 +28,7 @@ from trainer.storage import Storage, open_storage  # noqa: E402
 
 def measure(preset: str, storage: Storage, saves: int) -> dict:
     groups = build_job(None, preset).groups
-    local = storage.local_path("checkpoints") if not storage.is_remote else tempfile.mkdtemp()
+    local = storage.local_path("checkpoints") or tempfile.mkdtemp()
     store = CheckpointStore(groups, storage, local, 3)
     try:
         for i in range(saves + 1):
@@ -40,7 +40,7 @@ def measure(preset: str, storage: Storage, saves: int) -> dict:
     upload = store.stats.upload_s[1:]
     sync = statistics.median(write) + (statistics.median(upload) if upload else 0.0)
     size = sum(v.numpy().nbytes for g in groups.values() for v in g.values() if v.dtype != tf.string)
-    return {"preset": preset, "where": "S3 (moto)" if storage.is_remote else "local", "saves": saves,
+    return {"preset": preset, "where": "local" if storage.local_path("") else "S3 (moto)", "saves": saves,
             "checkpoint_mb": round(size / 2**20, 2), "blocked_ms": round(statistics.median(blocked) * 1000, 1),
             "sync_save_ms": round(sync * 1000, 1), "blocked_over_sync": round(statistics.median(blocked) / sync, 3),
             "upload_ms": round(statistics.median(upload) * 1000, 1) if upload else None}

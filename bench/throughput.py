@@ -21,7 +21,7 @@ from trainer.checkpoint.store import CheckpointStore  # noqa: E402
 from trainer.storage import open_storage  # noqa: E402
 from trainer.training.loop import Loop  # noqa: E402
 from trainer.training.progress import Progress  # noqa: E402
-from trainer.training.saver import Saver  # noqa: E402
+from trainer.training.saver import CheckpointContents, Saver, SaveSchedule  # noqa: E402
 from trainer.training.state import TrainerState  # noqa: E402
 
 JOBS = {"small": (None, "small"), "digits": ("jobs/digits.py", None)}
@@ -46,7 +46,7 @@ def our_loop(built, data, store: CheckpointStore | None = None, save_every: int 
         store = CheckpointStore(built.groups, open_storage(tmp), os.path.join(tmp, "checkpoints"), 3)
     steps = data.steps_per_epoch
     state = TrainerState(epoch=0)
-    saver = Saver(state, built.state_var, store, built.model.optimizer, steps, save_every, None)
+    saver = Saver(state, store, CheckpointContents(built.state_var, built.model.optimizer), SaveSchedule(save_every))
     quiet = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the bench
     loop = Loop(model=built.model, train=data, epochs=0, state=state, saver=saver,
                 progress=Progress(state, steps, 1, True, stream=quiet))

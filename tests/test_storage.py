@@ -30,7 +30,15 @@ from tests.emulators import (
     s3_error_body,
     s3_options,
 )
-from trainer.storage import RetryPolicy, StorageError, http_status, is_transient, open_storage
+from trainer.storage import (
+    LocalStorage,
+    RemoteStorage,
+    RetryPolicy,
+    StorageError,
+    http_status,
+    is_transient,
+    open_storage,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["local", "memory", "s3", "gcs"]
@@ -128,7 +136,7 @@ def test_probe_succeeds_and_leaves_nothing(store):
 def test_listings_see_changes_made_by_another_client(store):
     """fsspec caches listings per filesystem instance; changes from elsewhere must show."""
     assert store.listdir("shared") == [] and not store.exists("shared/x")
-    if store.is_remote:
+    if store.local_path("") is None:  # an object store
         other = type(store.fs)(skip_instance_cache=True, **store.options)
         path = other._strip_protocol(store.url("shared/x"))
         other.pipe_file(path, b"from elsewhere")
@@ -147,12 +155,12 @@ def test_listings_see_changes_made_by_another_client(store):
 
 def test_url_and_local_path(tmp_path, s3_run_root):
     local = open_storage(str(tmp_path / "run"))
-    assert not local.is_remote and local.url("a/b.txt") == str(tmp_path / "run" / "a" / "b.txt")
+    assert isinstance(local, LocalStorage) and local.url("a/b.txt") == str(tmp_path / "run" / "a" / "b.txt")
     assert local.local_path("a/b.txt") == str(tmp_path / "run" / "a" / "b.txt") and local.local_path("") == local.root
     assert open_storage(f"file://{tmp_path}/run/").root == str(tmp_path / "run")
     url, options = s3_run_root
     remote = open_storage(url + "/", options)
-    assert remote.is_remote and remote.root == url and remote.local_path("a") is None
+    assert isinstance(remote, RemoteStorage) and remote.root == url and remote.local_path("a") is None
     assert remote.url("a/b.txt") == f"{url}/a/b.txt" and remote.url("") == url
     assert open_storage("memory://x/y").url("z") == "memory://x/y/z"
 

@@ -31,7 +31,7 @@ from .training.history_format import RECORD_FIELDS, add_event
 from .training.loop import Interrupted, Loop
 from .training.lr_change import Steering
 from .training.progress import Progress
-from .training.saver import Saver
+from .training.saver import CheckpointContents, Saver, SaveSchedule
 from .training.state import TrainerState
 from .training.writers import Writers
 
@@ -202,9 +202,10 @@ def _restore(s: Session, run: Training) -> None:
 def _apply_pending(s: Session, run: Training) -> None:
     """The saver and steering, then a learning-rate request made while the run was stopped."""
     cfg, built, state = s.cfg, run.built, run.state
-    run.saver = Saver(state, built.state_var, run.store, built.model.optimizer, run.steps, cfg.save_every_steps,
-                      cfg.save_every_seconds, cfg.keep_every_epochs, s.cluster.replicas.total,
-                      callback_states=built.callback_states)
+    contents = CheckpointContents(built.state_var, built.model.optimizer, built.callback_states,
+                                  s.cluster.replicas.total)
+    run.saver = Saver(state, run.store, contents,
+                      SaveSchedule(cfg.save_every_steps, cfg.save_every_seconds, cfg.keep_every_epochs))
     run.steering = Steering(built.model.optimizer, state, run.saver, run.writers, s.storage, run.steps, s.chief)
     pending = s.requests.immediate() if s.chief else None
     value = s.cluster.agreement.share(pending.value if pending else None)

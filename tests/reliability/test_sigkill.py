@@ -33,7 +33,7 @@ class CommitWatcher(threading.Thread):
     def __init__(self, storage: Storage, seen: set):
         super().__init__(daemon=True)
         self.storage, self.seen, self._done = storage, seen, threading.Event()
-        self.interval_s = 0.02 if storage.is_remote else 0.005
+        self.interval_s = 0.005 if storage.local_path("") else 0.02
 
     def run(self):
         while not self._done.is_set():

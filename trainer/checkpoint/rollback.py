@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass
 
 from ..errors import BAD_INPUT, TrainerError
 from ..rundir import ARCHIVE_DIR as ARCHIVE
 from ..rundir import HISTORY_JSON, HISTORY_PNG, MODEL_FILE
 from ..rundir import ROLLBACKS_FILE as RECORD
+from .commit import MISSING, stored_damage
 from .index import DIR, MARKER, committed_manifests, number_of, resolve
 
 log = logging.getLogger("trainer")
@@ -54,7 +54,8 @@ def _records(storage) -> list[dict]:
 
 
 def plan(storage, reference: str, job_id: str | None = None) -> Plan | None:
-    """Check ``reference`` (read-only); None when this SLURM job already rolled back to it."""
+    """Check ``reference`` (read-only; its files verified against its manifest as a restore would);
+    None when this SLURM job already rolled back to it."""
     records = _records(storage)
     if job_id and records and records[-1].get("slurm_job") == job_id and records[-1]["reference"] == reference:
         log.info("--from %s: this SLURM job rolled back to it before it was requeued; resuming normally",
@@ -64,15 +65,14 @@ def plan(storage, reference: str, job_id: str | None = None) -> Plan | None:
         target = resolve(storage, reference)
     except ValueError as exc:
         raise RollbackError(str(exc)) from None
-    for name, info in target["files"].items():
-        try:
-            data = storage.read_bytes(f"{DIR}/{name}")
-        except FileNotFoundError:
+    damaged = stored_damage(storage, target)
+    if damaged:
+        name, kind = damaged
+        if kind == MISSING:
             raise RollbackError(f"--from {reference}: ckpt-{target['number']} is damaged ({name} is missing); "
-                                "nothing was moved") from None
-        if len(data) != info["size"] or zlib.crc32(data) != info["crc32"]:
-            raise RollbackError(f"--from {reference}: ckpt-{target['number']} is damaged ({name} fails its size "
-                                "or CRC32 check); nothing was moved. Choose another snapshot (see `status`)")
+                                "nothing was moved")
+        raise RollbackError(f"--from {reference}: ckpt-{target['number']} is damaged ({name} fails its size "
+                            "or CRC32 check); nothing was moved. Choose another snapshot (see `status`)")
     names = storage.listdir(DIR)
     later = [n for n in names if (number_of(n) or 0) > target["number"]]
     return Plan(reference, target, later, committed_manifests(storage)[0], job_id)

@@ -63,8 +63,8 @@ from .files import atomic_write
 from .local import LocalStorage
 from .remote import RemoteStorage
 
-__all__ = ["PROBE_TIMEOUT_S", "LocalStorage", "open_storage", "Place", "PlaceKind", "RemoteStorage", "RetryPolicy", "Storage",
-           "StorageError", "atomic_write", "http_status", "is_transient"]
+__all__ = ["PROBE_TIMEOUT_S", "LocalStorage", "Place", "PlaceKind", "RemoteStorage", "RetryPolicy", "Storage",
+           "StorageError", "atomic_write", "http_status", "is_transient", "open_storage"]
 
 
 def open_storage(root: str, options: dict | None = None, retry: RetryPolicy = RetryPolicy(),

@@ -39,7 +39,6 @@ class Storage(ABC):
     """A run directory's files, addressed by '/'-separated paths relative to its root.
 
     Open one with :func:`trainer.storage.open_storage`, which picks the backend for the root once."""
-    is_remote: bool  # True for object stores; prefer ``local_path(rel) is None`` to test it
 
     def __init__(self, root: str, options: dict | None = None):
         self.root = root

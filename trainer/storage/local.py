@@ -12,7 +12,7 @@ from .files import atomic_copy, atomic_write, remove_quietly, writer_gone
 
 
 class LocalStorage(Storage):
-    is_remote = False
+    """A run dir on a local (or mounted shared) filesystem: plain OS calls, atomic renames."""
 
     def __init__(self, root: str, options: dict | None = None):
         super().__init__(os.path.abspath(root.removeprefix("file://")), options)

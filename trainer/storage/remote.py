@@ -21,7 +21,7 @@ log = logging.getLogger("trainer.storage")
 
 
 class RemoteStorage(Storage):
-    is_remote = True
+    """A run dir in an object store (any fsspec URL): every call retried and bounded in time."""
 
     def __init__(self, root: str, options: dict | None = None, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] = time.sleep):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -18,28 +19,42 @@ from .state import TrainerState
 log = logging.getLogger("trainer")
 
 
+@dataclass(frozen=True)
+class SaveSchedule:
+    """When the loop saves (besides epoch ends and stops), and which epoch ends are milestones
+    that retention keeps: the run's settings, fixed for the run."""
+    every_steps: int | None = None
+    every_seconds: float | None = None
+    keep_every_epochs: int | None = None
+
+
+@dataclass
+class CheckpointContents:
+    """What a save puts into a checkpoint beside the model's variables: the trainer state
+    (serialized into ``state_var``), the optimizer's current learning rate, the callbacks'
+    state, and the replica count the steps so far were taken with."""
+    state_var: tf.Variable
+    optimizer: object
+    callback_states: object = None  # a trainer.training.callback_state.CallbackStates
+    replicas: int = 1
+
+
 class Saver:
-    def __init__(self, state: TrainerState, state_var: tf.Variable, store: CheckpointStore, optimizer,
-                 steps_per_epoch: int, save_every_steps: int | None = None,
-                 save_every_seconds: float | None = None, keep_every_epochs: int | None = None,
-                 replicas: int = 1, clock: Callable[[], float] = time.monotonic, callback_states=None):
+    """Decides when the loop saves and what metadata each checkpoint gets; the store writes it."""
+
+    def __init__(self, state: TrainerState, store: CheckpointStore, contents: CheckpointContents,
+                 schedule: SaveSchedule = SaveSchedule(), clock: Callable[[], float] = time.monotonic):
         self.state = state
-        self.state_var = state_var
         self.store = store
-        self.optimizer = optimizer
-        self.steps_per_epoch = steps_per_epoch
-        self.save_every_steps = save_every_steps
-        self.save_every_seconds = save_every_seconds
-        self.keep_every_epochs = keep_every_epochs
-        self.replicas = replicas
+        self.contents = contents
+        self.schedule = schedule
         self.clock = clock
-        self.callback_states = callback_states  # a trainer.callback_state.CallbackStates
         self._last_save = clock()
         self._segment_start = clock()
         self.last_checkpoint: int | None = None
 
     def current_lr(self) -> float:
-        return float(np.asarray(self.optimizer.learning_rate))
+        return float(np.asarray(self.contents.optimizer.learning_rate))
 
     def epoch_seconds(self) -> float:
         """Training time of the current epoch so far, across resumes."""
@@ -55,26 +70,28 @@ class Saver:
         """Due by step count, after an execution of ``steps_done`` steps that passed a multiple of
         ``save_every_steps``: the same answer on every worker."""
         step = self.state.global_step
-        return crossed(step - steps_done, step, self.save_every_steps)
+        return crossed(step - steps_done, step, self.schedule.every_steps)
 
     def time_due(self) -> bool:
         """Due by the clock: decided by one process (the chief) for all."""
-        return bool(self.save_every_seconds) and self.clock() - self._last_save >= self.save_every_seconds
+        every = self.schedule.every_seconds
+        return bool(every) and self.clock() - self._last_save >= every
 
     def is_milestone(self) -> bool:
         state = self.state
-        return (bool(self.keep_every_epochs) and state.step_in_epoch == 0 and state.epoch > 0
-                and state.epoch % self.keep_every_epochs == 0)
+        every = self.schedule.keep_every_epochs
+        return bool(every) and state.step_in_epoch == 0 and state.epoch > 0 and state.epoch % every == 0
 
     def save(self, reason: str) -> int:
         state = self.state
         self.epoch_seconds()
         state.lr = self.current_lr()
-        if self.callback_states:
-            state.callbacks = self.callback_states.capture()
-        self.state_var.assign(state.to_json())
+        contents = self.contents
+        if contents.callback_states:
+            state.callbacks = contents.callback_states.capture()
+        contents.state_var.assign(state.to_json())
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-                "lr": state.lr, "reason": reason, "replicas": self.replicas}
+                "lr": state.lr, "reason": reason, "replicas": contents.replicas}
         if reason in ("epoch end", "stopped by a callback") and self.is_milestone():
             meta["milestone"] = True
         number = self.store.save(meta)
