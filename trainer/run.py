@@ -146,6 +146,8 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         model = check_model(_call(job, "build_model"), job.label)
         groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}
+    if isinstance(train, data_mod.StreamingData):
+        groups["data"] = train.bind(cluster.strategy)
     for source in (train, validation):
         if source is not None and source.warning:
             log.warning("%s", source.warning)
@@ -273,7 +275,8 @@ def _run(cfg, job, cluster, storage, built, store, writers, requests, went_back,
 
     saver = Saver(state, built.state_var, store, built.model.optimizer, steps, cfg.save_every_steps,
                   cfg.save_every_seconds, cfg.keep_every_epochs, cluster.replicas.total,
-                  callback_states=built.callback_states)
+                  callback_states=built.callback_states,
+                  data=built.train if isinstance(built.train, data_mod.StreamingData) else None)
     steering = Steering(built.model.optimizer, state, saver, writers, storage, steps, chief)
     pending = requests.immediate() if chief else None
     value = agreement.share(pending.value if pending else None)

@@ -10,10 +10,15 @@ k batches already trained on. Three ways to say where the data comes from:
 * :class:`EpochBatches`: your own function ``batches(epoch, start_step, seed)``
   returning the batches of that epoch from that step on (a ``tf.data.Dataset``
   or any iterable). Exact if the function is pure, which is its contract.
-* a plain ``tf.data.Dataset`` of batches, or a ``keras.utils.PyDataset``: a
-  resumed epoch skips the batches already done, which is exact only if the
-  data yields the same batches each time it is iterated; the start-up log
-  says so in one warning.
+* a plain ``tf.data.Dataset`` of batches (:class:`StreamingData`): one
+  iterator runs through every epoch and its state (TensorFlow's own iterator
+  checkpoint) is saved with every checkpoint, so a resume continues where the
+  iterator was, without reading anything twice. Where the pipeline cannot be
+  checkpointed (a Python generator or function, a distribution strategy with
+  several replicas), it falls back to skipping, like a
+  ``keras.utils.PyDataset``: a resumed epoch skips the batches already done,
+  which is exact only if the data yields the same batches each time it is
+  iterated; the start-up log says so in one warning naming the reason.
 
 Under a distribution strategy every process prepares only its replicas'
 shares of each global batch (sizes as even as possible, computed from the
@@ -22,6 +27,7 @@ global batch, so the split never depends on how many batches were skipped).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -29,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from .example_random import ExampleRandom, example_keys
+
+log = logging.getLogger("trainer")
 
 PARALLEL_CALLS = 2
 PREFETCH_BATCHES = 2
@@ -228,6 +236,151 @@ class EpochBatches:
         return _split_for_replicas(ds, replicas)
 
 
+class StreamingData:
+    """A plain ``tf.data.Dataset`` of batches (files, interleave, shuffle buffer, map, batch),
+    resumed from its iterator's saved state instead of by skipping.
+
+    ``fit`` iterates such a dataset once per epoch, and a reshuffling ``shuffle``
+    draws epoch e's order from how often the dataset was iterated in this
+    process, which a resumed process cannot repeat. So one iterator over
+    ``dataset.repeat()`` (the same sequence of iterations) runs through every
+    epoch, and at every save its state, serialized by TensorFlow's own
+    iterator checkpointing, goes into the checkpoint's ``data`` group:
+    position, shuffle buffer and seed state, committed with the weights.
+    Symbolic checkpointing (positions rather than buffers) is switched on
+    where the pipeline allows it. Where the state cannot be saved, the source
+    falls back to skipping (``dataset``) and ``warning`` names the reason.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, what: str):
+        steps = int(dataset.cardinality())
+        if steps < 1:
+            raise ValueError(f"{what} is a tf.data.Dataset of unknown or infinite length ({steps}): the "
+                             "trainer cannot tell where an epoch ends; wrap it as trainer.EpochBatches("
+                             "lambda epoch, start_step, seed: ..., steps_per_epoch=N)")
+        self.source, self.what, self.steps_per_epoch = dataset, what, steps
+        self.stream, self.reason = _checkpointable(dataset)
+        self.state: tf.Variable | None = None  # the checkpointed iterator state (see bind)
+        self._iterator = None
+
+    def __repr__(self) -> str:
+        return f"StreamingData({self.steps_per_epoch} steps per epoch)"
+
+    @property
+    def resumes_iterator(self) -> bool:
+        return self.reason is None
+
+    @property
+    def warning(self) -> str | None:
+        if self.reason is None:
+            return None
+        return (f"{self.what} is a tf.data.Dataset whose iterator cannot be checkpointed ({self.reason}): a "
+                "resumed epoch skips the batches already trained on, in a new iteration of the dataset, which "
+                "is exact only if it yields the same batches every time (no reshuffling, no unseeded random "
+                "ops); use trainer.ArrayData or trainer.EpochBatches for exact resume")
+
+    def bind(self, strategy: tf.distribute.Strategy) -> dict:
+        """The checkpoint group for the iterator state (in every checkpoint of the run, empty when
+        skipping). tf.distribute's own iterators (several replicas or workers) cannot be saved."""
+        probe = iter(strategy.distribute_datasets_from_function(lambda _: tf.data.Dataset.range(1)))
+        if self.reason is None and not hasattr(probe, "_serialize_to_tensors"):
+            self.reason = (f"under {type(strategy).__name__} the input is read through tf.distribute's "
+                           "iterators, which TensorFlow cannot checkpoint")
+        self.state = tf.Variable("", dtype=tf.string, trainable=False)
+        return {"iterator": self.state}
+
+    def capture(self) -> None:
+        """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot copies it);
+        emptied where it cannot be saved, so that a state restored from a checkpoint of another
+        process count is never carried, stale, into this run's checkpoints."""
+        if self.reason is not None:
+            self.state.assign("")
+        elif self._iterator is not None:
+            self.state.assign(tf.io.serialize_tensor(self._iterator._serialize_to_tensors()[_STATE]))
+
+    def iterator(self, epoch: int, start_step: int):
+        """The one iterator of the run, opened at the first epoch it trains (restored if saved)."""
+        if self._iterator is None:
+            self._iterator = self._open(epoch, start_step)
+        return self._iterator
+
+    def _open(self, epoch: int, start_step: int):
+        saved = self.state.numpy()
+        fresh = iter(self.stream.repeat())
+        if saved:
+            try:
+                fresh._restore_from_tensors({_STATE: tf.io.parse_tensor(saved, tf.variant)})
+            except (tf.errors.OpError, ValueError) as exc:
+                raise DataError(f"{self.what}: the checkpoint's iterator state does not fit this pipeline "
+                                f"({_first_line(exc)}); was the dataset changed? Restore the pipeline of "
+                                "the run, or start over with --fresh") from exc
+            log.info("restored the iterator of %s at epoch %d step %d (nothing skipped)",
+                     self.what, epoch + 1, start_step)
+            return fresh
+        if (epoch, start_step) == (0, 0):
+            return self._checked(fresh)
+        log.warning("the checkpoint holds no iterator state of %s (written while it could not be saved); "
+                    "skipping %d batches of a new iteration for epoch %d, exact only if the dataset yields "
+                    "the same batches every time", self.what, start_step, epoch + 1)
+        return iter(self.stream.skip(start_step).concatenate(self.stream.repeat()))
+
+    def _checked(self, iterator):
+        """``iterator``, after making sure its state can be saved (an op without support for
+        symbolic checkpointing refuses only here); if not, the run goes on unsaved, with the warning."""
+        try:
+            iterator._serialize_to_tensors()
+        except tf.errors.OpError as exc:
+            self.reason = _first_line(exc)
+            log.warning("%s", self.warning)
+        return iterator
+
+    def dataset(self, seed: int, epoch: int, start_step: int, replicas: Replicas = SINGLE,
+                training: bool = True) -> tf.data.Dataset:
+        """Batches from ``start_step`` on, skipping: validation, and training where the state cannot be saved."""
+        if start_step:
+            log.info("skipping %d batches of %s to resume epoch %d", start_step, self.what, epoch + 1)
+        return _split_for_replicas(self.source.skip(start_step), replicas)
+
+
+_STATE = "_STATE"  # the key of a tf.data iterator's serialized state
+
+
+def _checkpointable(dataset: tf.data.Dataset):
+    """(the dataset to iterate, with symbolic checkpointing, None); or (``dataset``, why its
+    iterator cannot be saved). Decided from the pipeline's graph: an iterator made to find
+    out would draw seeds from the pipeline's shuffles and shift every epoch's order."""
+    unsafe = _unsafe_to_restore(dataset)
+    if unsafe:
+        return dataset, unsafe
+    options = tf.data.Options()
+    options.experimental_symbolic_checkpoint = True
+    return dataset.with_options(options), None
+
+
+# ops whose saved state TensorFlow accepts but whose restored iterator can hang
+_HANGS_WHEN_RESTORED = {"ParallelInterleaveDatasetV4": "a parallel interleave (num_parallel_calls) hangs once "
+                                                       "restored; interleave sequentially and decode in a "
+                                                       "parallel map"}
+
+
+def _unsafe_to_restore(dataset: tf.data.Dataset) -> str | None:
+    """Why the pipeline cannot be restored: state outside TensorFlow (a Python generator or
+    function; symbolic checkpointing would not refuse it) or an op in _HANGS_WHEN_RESTORED."""
+    from tensorflow.python.data.ops.options import ExternalStatePolicy
+    try:
+        serialized = dataset._as_serialized_graph(external_state_policy=ExternalStatePolicy.FAIL)
+    except tf.errors.OpError as exc:
+        return _first_line(exc).removeprefix("Failed to serialize the input pipeline graph: ")
+    graph = tf.compat.v1.GraphDef.FromString(serialized.numpy())
+    ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
+    return next((why for op, why in _HANGS_WHEN_RESTORED.items() if op in ops), None)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).split("}}")[-1].strip().splitlines()
+    return (text[0] if text else type(exc).__name__).split(" [Op:")[0].rstrip(".")[:200]
+
+
 def _as_dataset(batches) -> tf.data.Dataset:
     if isinstance(batches, tf.data.Dataset):
         return batches
@@ -273,19 +426,10 @@ def _fixed_parallelism(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def from_job(value, what: str):
     """A job's data (one of the accepted kinds) as a source with ``dataset()``; ValueError if none fits."""
-    if value is None or isinstance(value, (ArrayData, EpochBatches)):
+    if value is None or isinstance(value, (ArrayData, EpochBatches, StreamingData)):
         return value
     if isinstance(value, tf.data.Dataset):
-        steps = int(value.cardinality())
-        if steps < 1:
-            raise ValueError(f"{what} is a tf.data.Dataset of unknown or infinite length ({steps}): the "
-                             "trainer cannot tell where an epoch ends; wrap it as trainer.EpochBatches("
-                             "lambda epoch, start_step, seed: ..., steps_per_epoch=N)")
-        return EpochBatches(lambda epoch, start_step, seed: value.skip(start_step), steps,
-                            warning=f"{what} is a plain tf.data.Dataset: a resumed epoch skips the batches "
-                                    "already trained on, in a new iteration of the dataset, which is exact "
-                                    "only if it yields the same batches every time (no reshuffling, no unseeded "
-                                    "random ops); use trainer.ArrayData or trainer.EpochBatches for exact resume")
+        return StreamingData(value, what)
     import keras
     if isinstance(value, keras.utils.PyDataset):
         return _from_py_dataset(value, what)

@@ -22,7 +22,7 @@ class Saver:
     def __init__(self, state: TrainerState, state_var: tf.Variable, store: CheckpointStore, optimizer,
                  steps_per_epoch: int, save_every_steps: int | None = None,
                  save_every_seconds: float | None = None, keep_every_epochs: int | None = None,
-                 replicas: int = 1, clock: Callable[[], float] = time.monotonic, callback_states=None):
+                 replicas: int = 1, clock: Callable[[], float] = time.monotonic, callback_states=None, data=None):
         self.state = state
         self.state_var = state_var
         self.store = store
@@ -34,6 +34,7 @@ class Saver:
         self.replicas = replicas
         self.clock = clock
         self.callback_states = callback_states  # a trainer.callback_state.CallbackStates
+        self.data = data  # a source whose iterator state goes into every checkpoint
         self._last_save = clock()
         self._segment_start = clock()
         self.last_checkpoint: int | None = None
@@ -73,6 +74,8 @@ class Saver:
         if self.callback_states:
             state.callbacks = self.callback_states.capture()
         self.state_var.assign(state.to_json())
+        if self.data is not None:
+            self.data.capture()
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                 "lr": state.lr, "reason": reason, "replicas": self.replicas}
         if reason in ("epoch end", "stopped by a callback") and self.is_milestone():
