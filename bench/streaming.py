@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from bench.common import ENV, ROOT, build_job, markdown_table, write_json  # noqa: E402
-from trainer.checkpoints import CheckpointStore  # noqa: E402
+from trainer.checkpoint.store import CheckpointStore  # noqa: E402
 from trainer.storage import Storage  # noqa: E402
 
 JOB = os.path.join(ROOT, "jobs", "fashion_mnist_files.py")

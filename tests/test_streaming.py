@@ -68,7 +68,7 @@ def test_one_iterator_over_every_epoch_yields_what_fit_iterates(tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from trainer.data import from_job
+    from trainer.data.sources import from_job
 
     for shard in range(4):
         with tf.io.TFRecordWriter(str(tmp_path / f"s{shard}.tfrecord")) as writer:
