@@ -13,7 +13,9 @@ k batches already trained on. Three ways to say where the data comes from:
 * a plain ``tf.data.Dataset`` of batches (:class:`StreamingData`): one
   iterator runs through every epoch and its state (TensorFlow's own iterator
   checkpoint) is saved with every checkpoint, so a resume continues where the
-  iterator was, without reading anything twice. Where the pipeline cannot be
+  iterator was, without reading anything twice (a pipeline whose reshuffling
+  the checkpoint cannot place is replayed from the run's start instead, which
+  is exact but reads everything again). Where the pipeline cannot be
   checkpointed (a Python generator or function, a distribution strategy with
   several replicas), it falls back to skipping, like a
   ``keras.utils.PyDataset``: a resumed epoch skips the batches already done,
@@ -35,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from .example_random import ExampleRandom, example_keys
+from .pipeline_graph import Verdict, checkpointable, first_line, restore_seed_generators, seed_generator_states
 
 log = logging.getLogger("trainer")
 
@@ -248,8 +251,13 @@ class StreamingData:
     iterator checkpointing, goes into the checkpoint's ``data`` group:
     position, shuffle buffer and seed state, committed with the weights.
     Symbolic checkpointing (positions rather than buffers) is switched on
-    where the pipeline allows it. Where the state cannot be saved, the source
-    falls back to skipping (``dataset``) and ``warning`` names the reason.
+    where the pipeline allows it. A restore also puts the seed generators of
+    the pipeline's reshuffling shuffles where the uninterrupted run had them,
+    which the saved state may not say (see ``pipeline_graph``). A pipeline
+    whose reshuffling cannot be placed so (``pipeline_graph.RESHUFFLES``) is
+    replayed from the run's start instead, skipping every batch done. Where
+    the state cannot be saved at all, the source falls back to skipping within
+    the epoch (``dataset``). ``warning`` names the reason either way.
     """
 
     def __init__(self, dataset: tf.data.Dataset, what: str):
@@ -259,7 +267,7 @@ class StreamingData:
                              "trainer cannot tell where an epoch ends; wrap it as trainer.EpochBatches("
                              "lambda epoch, start_step, seed: ..., steps_per_epoch=N)")
         self.source, self.what, self.steps_per_epoch = dataset, what, steps
-        self.stream, self.reason = _checkpointable(dataset)
+        self.stream, self.verdict = checkpointable(dataset)
         self.state: tf.Variable | None = None  # the checkpointed iterator state (see bind)
         self._iterator = None
 
@@ -267,13 +275,23 @@ class StreamingData:
         return f"StreamingData({self.steps_per_epoch} steps per epoch)"
 
     @property
+    def reason(self) -> str | None:
+        return self.verdict.reason
+
+    @property
     def resumes_iterator(self) -> bool:
-        return self.reason is None
+        """Whether the loop reads through this source's one iterator (restored or replayed)."""
+        return self.reason is None or self.verdict.replay
 
     @property
     def warning(self) -> str | None:
         if self.reason is None:
             return None
+        if self.verdict.replay:
+            return (f"{self.what} is a tf.data.Dataset whose iterator cannot be checkpointed exactly ({self.reason}): "
+                    "a resume replays the run's batches from its first step, which is exact but reads again "
+                    "every batch trained on so far; use trainer.ArrayData or trainer.EpochBatches to resume "
+                    "without reading them again")
         return (f"{self.what} is a tf.data.Dataset whose iterator cannot be checkpointed ({self.reason}): a "
                 "resumed epoch skips the batches already trained on, in a new iteration of the dataset, which "
                 "is exact only if it yields the same batches every time (no reshuffling, no unseeded random "
@@ -283,9 +301,9 @@ class StreamingData:
         """The checkpoint group for the iterator state (in every checkpoint of the run, empty when
         skipping). tf.distribute's own iterators (several replicas or workers) cannot be saved."""
         probe = iter(strategy.distribute_datasets_from_function(lambda _: tf.data.Dataset.range(1)))
-        if self.reason is None and not hasattr(probe, "_serialize_to_tensors"):
-            self.reason = (f"under {type(strategy).__name__} the input is read through tf.distribute's "
-                           "iterators, which TensorFlow cannot checkpoint")
+        if self.resumes_iterator and not hasattr(probe, "_serialize_to_tensors"):
+            self.verdict = Verdict(f"under {type(strategy).__name__} the input is read through tf.distribute's "
+                                   "iterators, which TensorFlow cannot checkpoint")
         self.state = tf.Variable("", dtype=tf.string, trainable=False)
         return {"iterator": self.state}
 
@@ -301,22 +319,24 @@ class StreamingData:
     def iterator(self, epoch: int, start_step: int):
         """The one iterator of the run, opened at the first epoch it trains (restored if saved)."""
         if self._iterator is None:
-            self._iterator = self._open(epoch, start_step)
+            opener = self._replayed if self.verdict.replay else self._open
+            self._iterator = opener(epoch, start_step)
         return self._iterator
+
+    def _replayed(self, epoch: int, start_step: int):
+        """The run's one iterator from its start, past the batches already trained on: a new
+        process draws the same sequence of shuffle seeds as the uninterrupted one did."""
+        done = epoch * self.steps_per_epoch + start_step
+        if done:
+            log.info("replaying %d batches of %s from the run's start to resume epoch %d step %d",
+                     done, self.what, epoch + 1, start_step)
+        return iter(self.stream.repeat().skip(done))
 
     def _open(self, epoch: int, start_step: int):
         saved = self.state.numpy()
-        fresh = iter(self.stream.repeat())
         if saved:
-            try:
-                fresh._restore_from_tensors({_STATE: tf.io.parse_tensor(saved, tf.variant)})
-            except (tf.errors.OpError, ValueError) as exc:
-                raise DataError(f"{self.what}: the checkpoint's iterator state does not fit this pipeline "
-                                f"({_first_line(exc)}); was the dataset changed? Restore the pipeline of "
-                                "the run, or start over with --fresh") from exc
-            log.info("restored the iterator of %s at epoch %d step %d (nothing skipped)",
-                     self.what, epoch + 1, start_step)
-            return fresh
+            return self._restored(saved, epoch, start_step)
+        fresh = iter(self.stream.repeat())
         if (epoch, start_step) == (0, 0):
             return self._checked(fresh)
         log.warning("the checkpoint holds no iterator state of %s (written while it could not be saved); "
@@ -324,13 +344,29 @@ class StreamingData:
                     "the same batches every time", self.what, start_step, epoch + 1)
         return iter(self.stream.skip(start_step).concatenate(self.stream.repeat()))
 
+    def _restored(self, saved: bytes, epoch: int, start_step: int):
+        """The saved iterator, its shuffles' seed generators where the uninterrupted run had them
+        (see ``pipeline_graph``): at the pass the iterator is in, the last one begun."""
+        done = epoch * self.steps_per_epoch + start_step
+        generators = seed_generator_states(self.verdict.shuffles, -(-done // self.steps_per_epoch))
+        iterator = iter(self.stream.repeat())
+        try:
+            iterator._restore_from_tensors({_STATE: tf.io.parse_tensor(saved, tf.variant)})
+        except (tf.errors.OpError, ValueError) as exc:
+            raise DataError(f"{self.what}: the checkpoint's iterator state does not fit this pipeline "
+                            f"({first_line(exc)}); was the dataset changed? Restore the pipeline of "
+                            "the run, or start over with --fresh") from exc
+        restore_seed_generators(generators)
+        log.info("restored the iterator of %s at epoch %d step %d (nothing skipped)", self.what, epoch + 1, start_step)
+        return iterator
+
     def _checked(self, iterator):
         """``iterator``, after making sure its state can be saved (an op without support for
         symbolic checkpointing refuses only here); if not, the run goes on unsaved, with the warning."""
         try:
             iterator._serialize_to_tensors()
         except tf.errors.OpError as exc:
-            self.reason = _first_line(exc)
+            self.verdict = Verdict(first_line(exc))
             log.warning("%s", self.warning)
         return iterator
 
@@ -343,42 +379,6 @@ class StreamingData:
 
 
 _STATE = "_STATE"  # the key of a tf.data iterator's serialized state
-
-
-def _checkpointable(dataset: tf.data.Dataset):
-    """(the dataset to iterate, with symbolic checkpointing, None); or (``dataset``, why its
-    iterator cannot be saved). Decided from the pipeline's graph: an iterator made to find
-    out would draw seeds from the pipeline's shuffles and shift every epoch's order."""
-    unsafe = _unsafe_to_restore(dataset)
-    if unsafe:
-        return dataset, unsafe
-    options = tf.data.Options()
-    options.experimental_symbolic_checkpoint = True
-    return dataset.with_options(options), None
-
-
-# ops whose saved state TensorFlow accepts but whose restored iterator can hang
-_HANGS_WHEN_RESTORED = {"ParallelInterleaveDatasetV4": "a parallel interleave (num_parallel_calls) hangs once "
-                                                       "restored; interleave sequentially and decode in a "
-                                                       "parallel map"}
-
-
-def _unsafe_to_restore(dataset: tf.data.Dataset) -> str | None:
-    """Why the pipeline cannot be restored: state outside TensorFlow (a Python generator or
-    function; symbolic checkpointing would not refuse it) or an op in _HANGS_WHEN_RESTORED."""
-    from tensorflow.python.data.ops.options import ExternalStatePolicy
-    try:
-        serialized = dataset._as_serialized_graph(external_state_policy=ExternalStatePolicy.FAIL)
-    except tf.errors.OpError as exc:
-        return _first_line(exc).removeprefix("Failed to serialize the input pipeline graph: ")
-    graph = tf.compat.v1.GraphDef.FromString(serialized.numpy())
-    ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
-    return next((why for op, why in _HANGS_WHEN_RESTORED.items() if op in ops), None)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).split("}}")[-1].strip().splitlines()
-    return (text[0] if text else type(exc).__name__).split(" [Op:")[0].rstrip(".")[:200]
 
 
 def _as_dataset(batches) -> tf.data.Dataset:
