@@ -82,9 +82,10 @@ def interrupt_at_step(args, sig: int, target: int) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def interrupt_randomly(run_dir, args, sig, rng, total_steps, interrupts=3):
+def interrupt_randomly(run_dir, args, sig, rng, total_steps, interrupts=3, outputs=None):
     """Interrupt at random reported steps, then run to the end; returns the stops. Correct for
-    every branch: a signal may land at an epoch end, or after the run already finished."""
+    every branch: a signal may land at an epoch end, or after the run already finished.
+    ``outputs``, a list, receives the output of every start."""
     base = ["train", "--run-dir", str(run_dir), *args]
     stops, starts, finished = [], 0, False
     for target in sorted(rng.sample(range(1, total_steps), interrupts)):
@@ -92,6 +93,8 @@ def interrupt_randomly(run_dir, args, sig, rng, total_steps, interrupts=3):
             target = max(target, stops[-1][3] + 1)
         code, out = interrupt_at_step(base, sig, target)
         starts += 1
+        if outputs is not None:
+            outputs.append(out)
         if stops:  # every start resumes exactly where the previous one stopped
             e, s, n, g, _ = stops[-1]
             assert f"at epoch {e} step {s}/{n} (global step {g})" in out, out
@@ -107,6 +110,8 @@ def interrupt_randomly(run_dir, args, sig, rng, total_steps, interrupts=3):
         stops.append(stop)
     final = run(base)
     starts += 1
+    if outputs is not None:
+        outputs.append(final.stdout + final.stderr)
     assert final.returncode == 0, final.stdout + final.stderr
     if finished:
         assert "training already complete" in final.stdout

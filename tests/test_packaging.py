@@ -19,6 +19,7 @@ import pytest
 from tests import helpers
 
 SOURCES = ("pyproject.toml", "README.md", "trainer", "jobs")
+EXAMPLES = ("fashion_mnist", "digits", "fashion_mnist_files")  # the default first, then by name
 
 
 def _run(cmd, cwd, **kw):
@@ -65,7 +66,7 @@ def test_editable_install_finds_the_example_jobs_in_the_checkout(tmp_path):
     source = _copy_sources(tmp_path / "checkout")
     env_dir, work = _venv_with(tmp_path, "--no-build-isolation", "-e", str(source))
     listed = json.loads(_run([str(env_dir / "bin" / "trainer"), "jobs", "--json"], work).stdout)
-    assert [j["path"] for j in listed] == [str(source / "jobs" / f"{name}.py") for name in ("fashion_mnist", "digits")]
+    assert [j["path"] for j in listed] == [str(source / "jobs" / f"{name}.py") for name in EXAMPLES]
     where = _run([str(env_dir / "bin" / "python"), "-c", "import trainer.jobs; print(trainer.jobs.__file__)"], work)
     assert where.stdout.strip() == str(source / "jobs" / "__init__.py")
 
@@ -75,7 +76,7 @@ def test_wheel_lists_its_example_jobs_inside_the_venv(installed):
     site = _run([str(env_dir / "bin" / "python"), "-c", "import trainer, sys; print(trainer.__file__)"], work)
     assert site.stdout.strip().startswith(str(env_dir)), site.stdout
     listed = json.loads(_run([str(env_dir / "bin" / "trainer"), "jobs", "--json"], work).stdout)
-    assert [j["name"] for j in listed] == ["fashion_mnist", "digits"] and listed[0]["default"]
+    assert [j["name"] for j in listed] == list(EXAMPLES) and listed[0]["default"]
     for job in listed:
         assert job["path"].startswith(str(env_dir)) and os.path.isfile(job["path"]), job
     assert [os.path.basename(p) for p in listed[0]["needs"]] == ["fashion_mnist_idx.py"]

@@ -198,7 +198,7 @@ def test_exit_codes():
     assert errors.is_interrupted(130) and not errors.is_interrupted(errors.CRASH)
 
 
-def test_other_kinds_of_data_resume_by_skipping_and_say_so():
+def test_other_kinds_of_data_resume_by_skipping_and_say_so():  # (or from a plain dataset's iterator)
     import keras
 
     from trainer.data.sources import EpochBatches, from_job
@@ -219,9 +219,12 @@ def test_other_kinds_of_data_resume_by_skipping_and_say_so():
     assert [int(y[0]) for _, y in quiet.dataset(0, 0, 3)] == [3, 4]
     assert "overrides on_epoch_end" in loud.warning
     ds = tf.data.Dataset.range(6).map(lambda i: (tf.fill([2, 3], tf.cast(i, tf.float32)), tf.fill([2], i)))
-    plain = from_job(ds, "train")
-    assert plain.steps_per_epoch == 6 and "plain tf.data.Dataset" in plain.warning
+    plain = from_job(ds, "train")  # resumed from its iterator's state, no warning
+    assert plain.steps_per_epoch == 6 and plain.resumes_iterator and plain.warning is None
     assert [int(y[0]) for _, y in plain.dataset(0, 1, 4)] == [4, 5]
+    generated = from_job(tf.data.Dataset.from_generator(lambda: iter(range(3)), output_signature=tf.TensorSpec(
+        (), tf.int64)).apply(tf.data.experimental.assert_cardinality(3)), "train")
+    assert not generated.resumes_iterator and "cannot be checkpointed (PyFunc is stateful)" in generated.warning
     with pytest.raises(ValueError, match="unknown or infinite length"):
         from_job(ds.repeat(), "train")
     with pytest.raises(ValueError, match="must be trainer.ArrayData"):

@@ -59,6 +59,8 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         model = check_model(_call(job, "build_model"), job.label)
         groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}
+    if isinstance(train, data_mod.StreamingData):
+        groups["data"] = train.bind(cluster.strategy)
     for source in (train, validation):
         if source is not None and source.warning:
             log.warning("%s", source.warning)

@@ -21,6 +21,7 @@ from .building import Built, add_callbacks, build
 from .checkpoint.store import CheckpointStore
 from .cluster import distribute
 from .config import TrainConfig
+from .data.sources import StreamingData
 from .errors import TrainerError, report
 from .job import Job
 from .rundir import CHECKPOINTS_DIR
@@ -202,8 +203,9 @@ def _restore(s: Session, run: Training) -> None:
 def _apply_pending(s: Session, run: Training) -> None:
     """The saver and steering, then a learning-rate request made while the run was stopped."""
     cfg, built, state = s.cfg, run.built, run.state
+    streaming = built.train if isinstance(built.train, StreamingData) else None
     contents = CheckpointContents(built.state_var, built.model.optimizer, built.callback_states,
-                                  s.cluster.replicas.total)
+                                  s.cluster.replicas.total, streaming)
     run.saver = Saver(state, run.store, contents,
                       SaveSchedule(cfg.save_every_steps, cfg.save_every_seconds, cfg.keep_every_epochs))
     run.steering = Steering(built.model.optimizer, state, run.saver, run.writers, s.storage, run.steps, s.chief)

@@ -19,6 +19,7 @@ from .index import STATE_FILE
 
 HOST = "/device:CPU:0"
 REPLICA_PARTS = "replica_parts"  # a checkpoint group: each replica's own value of the variables below
+OPTIONAL_GROUPS = ("data", "callbacks")  # groups an older checkpoint may lack: their variables start afresh
 
 
 def checkpoint_key(group: str, var_path: str) -> str:
@@ -105,8 +106,7 @@ class Snapshot:
             stored = dict(tf.train.list_variables(prefix))
         except (tf.errors.OpError, ValueError) as exc:
             raise CorruptCheckpoint(f"its index cannot be read ({str(exc).splitlines()[0][:160]})") from exc
-        # (callback variables are optional: a callback added to the job since starts afresh)
-        missing = [k for k in self.expected_shapes if k not in stored and not k.startswith("callbacks/")]
+        missing = [k for k in self.expected_shapes if k not in stored and k.split("/")[0] not in OPTIONAL_GROUPS]
         wrong = [k for k, shape in self.expected_shapes.items()
                  if k in stored and tuple(stored[k]) != tuple(shape)]
         extra = [k for k in stored if k.startswith("model/") and k not in self.expected_shapes]

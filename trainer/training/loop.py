@@ -119,6 +119,8 @@ class Loop:
         return execute
 
     def _iterator(self, source, epoch: int, start_step: int, training: bool):
+        if training and getattr(source, "resumes_iterator", False):
+            return source.iterator(epoch, start_step)  # one iterator through every epoch, saved with the run
         def dataset_fn(context):
             return source.dataset(self.seed, epoch, start_step, self.replicas, training=training)
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))

@@ -37,6 +37,7 @@ class CheckpointContents:
     optimizer: object
     callback_states: object = None  # a trainer.training.callback_state.CallbackStates
     replicas: int = 1
+    data: object = None  # a data source whose iterator state goes into every checkpoint (StreamingData)
 
 
 class Saver:
@@ -90,6 +91,8 @@ class Saver:
         if contents.callback_states:
             state.callbacks = contents.callback_states.capture()
         contents.state_var.assign(state.to_json())
+        if contents.data is not None:
+            contents.data.capture()
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                 "lr": state.lr, "reason": reason, "replicas": contents.replicas}
         if reason in ("epoch end", "stopped by a callback") and self.is_milestone():
