@@ -111,7 +111,7 @@ def test_one_iterator_over_every_epoch_yields_what_fit_iterates(tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from trainer.data.sources import from_job
+    from trainer.data.accepted import from_job
 
     for shard in range(4):
         with tf.io.TFRecordWriter(str(tmp_path / f"s{shard}.tfrecord")) as writer:
@@ -185,7 +185,7 @@ def _resumed(pipeline, stops, total: int) -> list:
     by a source built anew (as a new process builds it, with the same graph-level seed)."""
     import tensorflow as tf
 
-    from trainer.data.sources import from_job
+    from trainer.data.accepted import from_job
     got, state = [], b""
     for stop in [*stops, total]:
         source = from_job(pipeline(), "train")
@@ -220,7 +220,7 @@ def test_restored_iterator_continues_every_later_epoch_exactly_from_any_step(tmp
     enough: from the step where the shuffle buffer's input is exhausted, or where a short last
     batch drops the shuffle, to the epoch's end, the saved state no longer holds the seed
     position of the dropped shuffles, and later epochs came in another order."""
-    from trainer.data import sources
+    from trainer.data import streaming
     pipeline = _shuffled_files(_records(tmp_path, 4, 37), cycle=2, buffer=40, batch=10)  # 15 batches, the last of 8
     steps = 15
     expected = _fit_order(pipeline, 3)
@@ -231,7 +231,7 @@ def test_restored_iterator_continues_every_later_epoch_exactly_from_any_step(tmp
         assert _resumed(pipeline, [stop, stop + 1], 3 * steps) == expected, f"saved after batches {stop}, {stop + 1}"
     # (the test can fail: without placing the seed generators, a state saved once the buffer's input
     # is exhausted, at the epoch's last step or at its end, restores epoch 2 in another order)
-    monkeypatch.setattr(sources, "seed_generator_states", lambda shuffles, passes: [])
+    monkeypatch.setattr(streaming, "seed_generator_states", lambda shuffles, passes: [])
     for stop in (11, 14, 15):
         assert _resumed(pipeline, [stop], 3 * steps) != expected, f"saved after batch {stop}"
 
@@ -242,7 +242,7 @@ def test_reshuffling_the_checkpoint_cannot_place_replays_from_the_start(tmp_path
     replays the run's batches from its first one, exactly."""
     import tensorflow as tf
 
-    from trainer.data.sources import from_job
+    from trainer.data.accepted import from_job
 
     def pipeline():
         tf.random.set_seed(3)

@@ -201,7 +201,8 @@ def test_exit_codes():
 def test_other_kinds_of_data_resume_by_skipping_and_say_so():  # (or from a plain dataset's iterator)
     import keras
 
-    from trainer.data.sources import EpochBatches, from_job
+    from trainer.data.accepted import from_job
+    from trainer.data.sources import EpochBatches
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):

@@ -13,8 +13,9 @@ import keras
 import tensorflow as tf
 
 from .config import TrainConfig
-from .data import sources as data_mod
+from .data import accepted
 from .data.sources import DataError
+from .data.streaming import StreamingData
 from .job import Job, JobError
 from .rundir import TENSORBOARD_DIR, local_dir
 from .storage import Storage
@@ -47,8 +48,8 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         raw = _call(job, "build_data")
         train_raw, val_raw = raw if isinstance(raw, tuple) and len(raw) == 2 else (raw, None)
         try:
-            train = data_mod.from_job(train_raw, f"job {job.label}: build_data's training data")
-            validation = data_mod.validation_from_job(val_raw, train, f"job {job.label}: build_data's validation data")
+            train = accepted.from_job(train_raw, f"job {job.label}: build_data's training data")
+            validation = accepted.validation_from_job(val_raw, train, f"job {job.label}: build_data's validation data")
         except ValueError as exc:
             raise JobError(str(exc)) from exc
         if train is None:
@@ -57,9 +58,9 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         if class_weight:
             train = fit_mod.ClassWeighted(train, class_weight)
         model = check_model(_call(job, "build_model"), job.label)
-        groups = prepare(model, data_mod.batch_spec(train, cfg.seed), job.label, cluster.strategy)
+        groups = prepare(model, accepted.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}
-    if isinstance(train, data_mod.StreamingData):
+    if isinstance(train, StreamingData):
         groups["data"] = train.bind(cluster.strategy)
     for source in (train, validation):
         if source is not None and source.warning:

@@ -21,7 +21,7 @@ from .building import Built, add_callbacks, build
 from .checkpoint.store import CheckpointStore
 from .cluster import distribute
 from .config import TrainConfig
-from .data.sources import StreamingData
+from .data.streaming import StreamingData
 from .errors import TrainerError, report
 from .job import Job
 from .rundir import CHECKPOINTS_DIR

@@ -1,0 +1,57 @@
+"""What a job's ``build_data`` may return, turned into a data source: ArrayData and
+EpochBatches as they are, a plain tf.data.Dataset as StreamingData, a keras PyDataset
+as EpochBatches; validation arrays batched like the training data."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from .sources import SINGLE, ArrayData, EpochBatches
+from .streaming import StreamingData
+
+
+def from_job(value, what: str):
+    """A job's data (one of the accepted kinds) as a source with ``dataset()``; ValueError if none fits."""
+    if value is None or isinstance(value, (ArrayData, EpochBatches, StreamingData)):
+        return value
+    if isinstance(value, tf.data.Dataset):
+        return StreamingData(value, what)
+    import keras
+    if isinstance(value, keras.utils.PyDataset):
+        return _from_py_dataset(value, what)
+    raise ValueError(f"{what} must be trainer.ArrayData, trainer.EpochBatches, a tf.data.Dataset of batches "
+                     f"or a keras.utils.PyDataset, got {type(value).__name__}")
+
+
+def _from_py_dataset(value, what: str) -> EpochBatches:
+    import keras
+    steps = value.num_batches
+    if steps is None or steps < 1:
+        raise ValueError(f"{what}: the PyDataset has no finite num_batches ({steps})")
+    shuffles = type(value).on_epoch_end is not keras.utils.PyDataset.on_epoch_end
+    warning = (f"{what} is a PyDataset that overrides on_epoch_end: resume is exact only if its "
+               "__getitem__ returns the same batch for the same index in the same epoch (the trainer "
+               "calls on_epoch_end after every epoch, but not for the epochs before a resume)"
+               if shuffles else None)
+
+    def batches(epoch, start_step, seed):
+        return (value[i] for i in range(start_step, steps))
+    source = EpochBatches(batches, steps, warning=warning)
+    source.on_epoch_end = value.on_epoch_end  # the loop calls it after every epoch, as fit does
+    return source
+
+
+def validation_from_job(value, train, what: str):
+    """Validation data: a source as above, or arrays ``(x, y[, sample_weight])`` batched like ``train``."""
+    if isinstance(value, tuple) and value and not isinstance(value[0], tf.data.Dataset):
+        batch_size = getattr(train, "batch_size", None)
+        if batch_size is None:
+            raise ValueError(f"{what}: give validation as trainer.ArrayData(..., shuffle=False) when the "
+                             "training data is not ArrayData (its batch size is unknown)")
+        prepare = getattr(train, "prepare", None)
+        return ArrayData(*value, batch_size=batch_size, prepare=prepare, shuffle=False)
+    return from_job(value, what)
+
+
+def batch_spec(source, seed: int):
+    """The element spec of one global batch (for building the model before its first step)."""
+    return source.dataset(seed, 0, 0, SINGLE).element_spec

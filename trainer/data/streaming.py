@@ -1,0 +1,154 @@
+"""A plain ``tf.data.Dataset`` of batches, resumed from TensorFlow's own checkpoint of its
+iterator rather than by reading again what was already trained on."""
+from __future__ import annotations
+
+import logging
+
+import tensorflow as tf
+
+from .pipeline_graph import Verdict, checkpointable, first_line, restore_seed_generators, seed_generator_states
+from .sources import SINGLE, DataError, Replicas, split_for_replicas
+
+log = logging.getLogger("trainer")
+
+
+class StreamingData:
+    """A plain ``tf.data.Dataset`` of batches (files, interleave, shuffle buffer, map, batch),
+    resumed from its iterator's saved state instead of by skipping.
+
+    ``fit`` iterates such a dataset once per epoch, and a reshuffling ``shuffle``
+    draws epoch e's order from how often the dataset was iterated in this
+    process, which a resumed process cannot repeat. So one iterator over
+    ``dataset.repeat()`` (the same sequence of iterations) runs through every
+    epoch, and at every save its state, serialized by TensorFlow's own
+    iterator checkpointing, goes into the checkpoint's ``data`` group:
+    position, shuffle buffer and seed state, committed with the weights.
+    Symbolic checkpointing (positions rather than buffers) is switched on
+    where the pipeline allows it. A restore also puts the seed generators of
+    the pipeline's reshuffling shuffles where the uninterrupted run had them,
+    which the saved state may not say (see ``pipeline_graph``). A pipeline
+    whose reshuffling cannot be placed so (``pipeline_graph.RESHUFFLES``) is
+    replayed from the run's start instead, skipping every batch done. Where
+    the state cannot be saved at all, the source falls back to skipping within
+    the epoch (``dataset``). ``warning`` names the reason either way.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, what: str):
+        steps = int(dataset.cardinality())
+        if steps < 1:
+            raise ValueError(f"{what} is a tf.data.Dataset of unknown or infinite length ({steps}): the "
+                             "trainer cannot tell where an epoch ends; wrap it as trainer.EpochBatches("
+                             "lambda epoch, start_step, seed: ..., steps_per_epoch=N)")
+        self.source, self.what, self.steps_per_epoch = dataset, what, steps
+        self.stream, self.verdict = checkpointable(dataset)
+        self.state: tf.Variable | None = None  # the checkpointed iterator state (see bind)
+        self._iterator = None
+
+    def __repr__(self) -> str:
+        return f"StreamingData({self.steps_per_epoch} steps per epoch)"
+
+    @property
+    def reason(self) -> str | None:
+        return self.verdict.reason
+
+    @property
+    def resumes_iterator(self) -> bool:
+        """Whether the loop reads through this source's one iterator (restored or replayed)."""
+        return self.reason is None or self.verdict.replay
+
+    @property
+    def warning(self) -> str | None:
+        if self.reason is None:
+            return None
+        if self.verdict.replay:
+            return (f"{self.what} is a tf.data.Dataset whose iterator cannot be checkpointed exactly ({self.reason}): "
+                    "a resume replays the run's batches from its first step, which is exact but reads again "
+                    "every batch trained on so far; use trainer.ArrayData or trainer.EpochBatches to resume "
+                    "without reading them again")
+        return (f"{self.what} is a tf.data.Dataset whose iterator cannot be checkpointed ({self.reason}): a "
+                "resumed epoch skips the batches already trained on, in a new iteration of the dataset, which "
+                "is exact only if it yields the same batches every time (no reshuffling, no unseeded random "
+                "ops); use trainer.ArrayData or trainer.EpochBatches for exact resume")
+
+    def bind(self, strategy: tf.distribute.Strategy) -> dict:
+        """The checkpoint group for the iterator state (in every checkpoint of the run, empty when
+        skipping). tf.distribute's own iterators (several replicas or workers) cannot be saved."""
+        probe = iter(strategy.distribute_datasets_from_function(lambda _: tf.data.Dataset.range(1)))
+        if self.resumes_iterator and not hasattr(probe, "_serialize_to_tensors"):
+            self.verdict = Verdict(f"under {type(strategy).__name__} the input is read through tf.distribute's "
+                                   "iterators, which TensorFlow cannot checkpoint")
+        self.state = tf.Variable("", dtype=tf.string, trainable=False)
+        return {"iterator": self.state}
+
+    def capture(self) -> None:
+        """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot copies it);
+        emptied where it cannot be saved, so that a state restored from a checkpoint of another
+        process count is never carried, stale, into this run's checkpoints."""
+        if self.reason is not None:
+            self.state.assign("")
+        elif self._iterator is not None:
+            self.state.assign(tf.io.serialize_tensor(self._iterator._serialize_to_tensors()[_STATE]))
+
+    def iterator(self, epoch: int, start_step: int):
+        """The one iterator of the run, opened at the first epoch it trains (restored if saved)."""
+        if self._iterator is None:
+            opener = self._replayed if self.verdict.replay else self._open
+            self._iterator = opener(epoch, start_step)
+        return self._iterator
+
+    def _replayed(self, epoch: int, start_step: int):
+        """The run's one iterator from its start, past the batches already trained on: a new
+        process draws the same sequence of shuffle seeds as the uninterrupted one did."""
+        done = epoch * self.steps_per_epoch + start_step
+        if done:
+            log.info("replaying %d batches of %s from the run's start to resume epoch %d step %d",
+                     done, self.what, epoch + 1, start_step)
+        return iter(self.stream.repeat().skip(done))
+
+    def _open(self, epoch: int, start_step: int):
+        saved = self.state.numpy()
+        if saved:
+            return self._restored(saved, epoch, start_step)
+        fresh = iter(self.stream.repeat())
+        if (epoch, start_step) == (0, 0):
+            return self._checked(fresh)
+        log.warning("the checkpoint holds no iterator state of %s (written while it could not be saved); "
+                    "skipping %d batches of a new iteration for epoch %d, exact only if the dataset yields "
+                    "the same batches every time", self.what, start_step, epoch + 1)
+        return iter(self.stream.skip(start_step).concatenate(self.stream.repeat()))
+
+    def _restored(self, saved: bytes, epoch: int, start_step: int):
+        """The saved iterator, its shuffles' seed generators where the uninterrupted run had them
+        (see ``pipeline_graph``): at the pass the iterator is in, the last one begun."""
+        done = epoch * self.steps_per_epoch + start_step
+        generators = seed_generator_states(self.verdict.shuffles, -(-done // self.steps_per_epoch))
+        iterator = iter(self.stream.repeat())
+        try:
+            iterator._restore_from_tensors({_STATE: tf.io.parse_tensor(saved, tf.variant)})
+        except (tf.errors.OpError, ValueError) as exc:
+            raise DataError(f"{self.what}: the checkpoint's iterator state does not fit this pipeline "
+                            f"({first_line(exc)}); was the dataset changed? Restore the pipeline of "
+                            "the run, or start over with --fresh") from exc
+        restore_seed_generators(generators)
+        log.info("restored the iterator of %s at epoch %d step %d (nothing skipped)", self.what, epoch + 1, start_step)
+        return iterator
+
+    def _checked(self, iterator):
+        """``iterator``, after making sure its state can be saved (an op without support for
+        symbolic checkpointing refuses only here); if not, the run goes on unsaved, with the warning."""
+        try:
+            iterator._serialize_to_tensors()
+        except tf.errors.OpError as exc:
+            self.verdict = Verdict(first_line(exc))
+            log.warning("%s", self.warning)
+        return iterator
+
+    def dataset(self, seed: int, epoch: int, start_step: int, replicas: Replicas = SINGLE,
+                training: bool = True) -> tf.data.Dataset:
+        """Batches from ``start_step`` on, skipping: validation, and training where the state cannot be saved."""
+        if start_step:
+            log.info("skipping %d batches of %s to resume epoch %d", start_step, self.what, epoch + 1)
+        return split_for_replicas(self.source.skip(start_step), replicas)
+
+
+_STATE = "_STATE"  # the key of a tf.data iterator's serialized state
