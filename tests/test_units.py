@@ -46,7 +46,8 @@ def test_override_rejects(text):
 
 @pytest.mark.parametrize("field,value,flag", [
     ("epochs", 0, "--epochs"), ("max_to_keep", 1, "--max-to-keep"), ("save_every_seconds", 0, "--save-every-seconds"),
-    ("flush_timeout_s", 0, "--flush-timeout-s"), ("flush_timeout_s", float("inf"), "--flush-timeout-s"),
+    ("flush_timeout_seconds", 0, "--flush-timeout-seconds"),
+    ("flush_timeout_seconds", float("inf"), "--flush-timeout-seconds"),
     ("keep_every_epochs", 0, "--keep-every-epochs"), ("lr_poll_seconds", 0, "--lr-poll-seconds"),
     ("strategy", "ring", "--strategy"), ("log_every_steps", -1, "--log-every-steps")])
 def test_config_errors_name_the_flag(field, value, flag):
@@ -279,3 +280,11 @@ def test_progress_writes_each_line_in_one_write():
     progress.epoch_end(0, {"loss": 0.5})
     assert [w.split(" ")[0] for w in stream.writes] == ["Epoch", "STEP", "EPOCH"]
     assert all(w.endswith("\n") and w.count("\n") == 1 for w in stream.writes)
+
+
+def test_a_renamed_config_field_is_still_accepted_under_its_old_name():
+    """trainer.fit(flush_timeout_s=...) and the config.json of runs written before the rename."""
+    from trainer.config import current_names
+    assert TrainConfig("r", epochs=1, **current_names({"flush_timeout_s": 3.0})).flush_timeout_seconds == 3.0
+    assert current_names({"flush_timeout_s": 3.0, "flush_timeout_seconds": 5.0}) == {"flush_timeout_seconds": 5.0}
+    assert current_names({"epochs": 2}) == {"epochs": 2}

@@ -27,7 +27,7 @@ import threading
 import types
 
 from . import job as job_mod
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, current_names
 from .data.sources import ArrayData
 from .errors import TrainerError, report
 from .run import Result, train
@@ -116,7 +116,7 @@ def _config(run_dir: str, loaded: job_mod.Job, preset: str | None, settings, epo
     epochs = epochs or preset_epochs
     if epochs is None:
         raise ConfigError("epochs", "no number of epochs given", "pass epochs=N")
-    return TrainConfig(run_dir, epochs=epochs, **options)
+    return TrainConfig(run_dir, epochs=epochs, **current_names(options))
 
 
 def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data, validation_split,

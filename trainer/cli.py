@@ -23,7 +23,7 @@ from .steering.signals import StopRequest, ignore_from_now_on
 PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
 TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "snapshot_on_device",
                  "save_every_steps", "save_every_seconds",
-                 "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_s",
+                 "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_seconds",
                  "quiet", "log_every_steps", "tensorboard", "export", "max_steps")
 
 
@@ -81,8 +81,9 @@ def train_parser(job=None) -> argparse.ArgumentParser:
                                  "epochs ended there (a later start may raise it; `verify` bounds its runs so)"),
             ("--staging-dir", str, "local folder for checkpoints of a remote run dir")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
-    t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_s", type=float, default=None,
-                   metavar="T", help="seconds a stop waits for uploads (default 20, under SLURM's KillWait)")
+    t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_seconds", type=float,
+                   default=None, metavar="T",
+                   help="seconds a stop waits for uploads (default 20, under SLURM's KillWait)")
     _add_storage_flag(t)
     t.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
                    help="allow nondeterministic TF ops (faster on some GPUs, resume no longer bitwise exact)")

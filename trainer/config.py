@@ -14,6 +14,16 @@ from typing import Any
 
 from .errors import BAD_INPUT, TrainerError
 
+# Fields renamed since an earlier release (for one unit suffix, `_seconds`, everywhere): the old
+# name is still accepted where users and old run dirs give names (trainer.fit keywords, the
+# config.json of runs written before) and means the new one.
+RENAMED = {"flush_timeout_s": "flush_timeout_seconds"}
+
+
+def current_names(options: dict) -> dict:
+    """``options`` with fields given under an old name renamed; the new name wins if both are given."""
+    return {RENAMED.get(k, k): v for k, v in options.items() if not (k in RENAMED and RENAMED[k] in options)}
+
 
 class ConfigError(TrainerError, ValueError, exit_code=BAD_INPUT):
     """A bad setting: names the field/flag, what was expected and a hint."""
@@ -50,7 +60,7 @@ class TrainConfig:
     lr_poll_seconds: float = 10.0       # how often a training run looks for `lr` requests
     storage_options: dict = field(default_factory=dict)
     staging_dir: str | None = None
-    flush_timeout_s: float = 20.0  # a stop waits this long for uploads: keep it under SLURM's KillWait (30 s)
+    flush_timeout_seconds: float = 20.0  # a stop waits this long for uploads: keep it under SLURM's KillWait (30 s)
     quiet: bool = False
     log_every_steps: int | None = None
     tensorboard: bool = True
@@ -80,8 +90,9 @@ class TrainConfig:
             raise ConfigError("save_every_seconds", f"must be > 0 or unset, got {self.save_every_seconds}")
         if not (isinstance(self.lr_poll_seconds, (int, float)) and 0 < self.lr_poll_seconds < math.inf):
             raise ConfigError("lr_poll_seconds", f"must be a number of seconds > 0, got {self.lr_poll_seconds!r}")
-        if not (isinstance(self.flush_timeout_s, (int, float)) and 0 < self.flush_timeout_s < math.inf):
-            raise ConfigError("flush_timeout_s", f"must be a number of seconds > 0, got {self.flush_timeout_s!r}",
+        if not (isinstance(self.flush_timeout_seconds, (int, float)) and 0 < self.flush_timeout_seconds < math.inf):
+            raise ConfigError("flush_timeout_seconds",
+                              f"must be a number of seconds > 0, got {self.flush_timeout_seconds!r}",
                               "keep it under the scheduler's grace period (SLURM KillWait: 30 s)")
         if not isinstance(self.max_to_keep, int) or self.max_to_keep < 2:
             raise ConfigError("max_to_keep", f"must be >= 2, got {self.max_to_keep}",

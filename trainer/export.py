@@ -16,7 +16,7 @@ from . import errors
 from .building import build
 from .checkpoint.store import CheckpointError, CheckpointStore
 from .cluster import distribute
-from .config import TrainConfig
+from .config import TrainConfig, current_names
 from .errors import TrainerError, report
 from .job import load
 from .rundir import CHECKPOINTS_DIR, MODEL_FILE, local_dir
@@ -71,7 +71,7 @@ def _rebuild_and_save(storage: Storage, config: dict, manifest: dict, out: str) 
     job = load(config["job"])
     job.choose(None, config.get("job_settings") or {})
     trainer_cfg = {k: v for k, v in (config.get("trainer") or {}).items() if k != "run_dir"}
-    cfg = TrainConfig(storage.root, storage_options=storage.options, **trainer_cfg)
+    cfg = TrainConfig(storage.root, storage_options=storage.options, **current_names(trainer_cfg))
     built = build(job, cfg, distribute.setup("default"))
     store = CheckpointStore(built.groups, storage, local_dir(storage, CHECKPOINTS_DIR, cfg.staging_dir),
                             cfg.max_to_keep)

@@ -116,7 +116,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
     store = CheckpointStore(built.groups, s.storage, s.checkpoint_dir(), cfg.max_to_keep, writes=s.chief,
                             on_device=cfg.snapshot_on_device, holds_replica_zero=s.cluster.replicas.first == 0)
     run = Training(built, store, Writers(store, HistoryWriter(s.storage) if s.chief else None,
-                                         cfg.flush_timeout_s), went_back, built_at)
+                                         cfg.flush_timeout_seconds), went_back, built_at)
     try:
         return _run(s, run)
     except PEER_ERRORS as exc:
