@@ -3,7 +3,7 @@
 A job is a Python file (anywhere) or an importable module with:
 
 ``build_model(settings) -> keras.Model``   required; a compiled model
-``build_data(settings) -> train | (train, validation)``   required; see ``trainer.data``
+``build_data(settings) -> train | (train, validation)``   required; see ``trainer.data.sources``
 ``Settings``   optional dataclass of the job's own settings (each becomes a flag)
 ``PRESETS``, ``DEFAULT_PRESET``   optional named sets of settings (``--preset``);
     a preset may also set ``epochs``

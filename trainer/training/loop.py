@@ -6,17 +6,21 @@ needs the position, not just the epoch. This loop calls the model's own
 ``train_step``/``test_step`` (so compile settings, custom steps and metrics
 work) through ``strategy.run`` inside a ``tf.function``, like Keras's
 ``make_train_function``: ``steps_per_execution`` steps per call (see
-``trainer.execution``), and drives the user's Keras callbacks at the usual
+``trainer.training.execution``), and drives the user's Keras callbacks at the usual
 hooks, once per execution as ``fit`` does. It reads nothing back from a step unless
 someone asks (the progress bar's redraws, batch callbacks), so steps queue
 up as in ``fit``.
 
 At execution boundaries (every step when ``steps_per_execution`` is 1) it
-acts on what the processes agreed (see ``trainer.distribute``; one process
+acts on what the processes agreed (see ``trainer.cluster.distribute``; one process
 decides alone at every boundary, several agree in each execution that passes
 a multiple of 8 global steps): a stop signal (save and raise :class:`Interrupted`),
 a time-based save, a live learning-rate change. Saves due by step count and
 epoch-end saves need no agreement: every process reaches them at the same step.
+
+One class, a little over the usual module size, on purpose: its phases (epoch,
+execution, boundary, epoch end, evaluation) share the compiled step functions
+and the position, which split modules would have to pass back and forth.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ class TrainerState:
     history: dict = field(default_factory=new_history)
     applied_overrides: list = field(default_factory=list)  # digests of applied learning-rate requests
     stopped_early: bool = False  # a callback (e.g. EarlyStopping) ended the run
-    callbacks: dict = field(default_factory=dict)  # each callback's state (trainer.callback_state)
+    callbacks: dict = field(default_factory=dict)  # each callback's state (trainer.training.callback_state)
     last_step_logs: dict | None = None  # a stop right after an epoch's last step: that step's logs
 
     def to_json(self) -> str:
