@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.common import ENV, ROOT, build_job, markdown_table, write_json  # noqa: E402
 from trainer.checkpoint.store import CheckpointStore  # noqa: E402
-from trainer.storage import Storage  # noqa: E402
+from trainer.storage import open_storage  # noqa: E402
 
 JOB = os.path.join(ROOT, "jobs", "fashion_mnist_files.py")
 
@@ -66,7 +66,7 @@ def save_stall(built, saves: int, with_iterator: bool) -> dict:
     data = built.train
     groups = dict(built.groups) if with_iterator else {k: v for k, v in built.groups.items() if k != "data"}
     folder = tempfile.mkdtemp()
-    store = CheckpointStore(groups, Storage(folder), os.path.join(folder, "checkpoints"), 3)
+    store = CheckpointStore(groups, open_storage(folder), os.path.join(folder, "checkpoints"), 3)
     stalls = []
     try:
         for _ in range(saves + 1):
