@@ -32,6 +32,7 @@ def mirror_for(storage: Storage, local: CommitDir, uploads: bool, upload_s: list
 
 class Mirror:
     """A local run dir: the checkpoints are written where they belong, nothing is mirrored."""
+    uploads = False  # whether this process uploads the checkpoints it writes
 
     def __init__(self, storage: Storage):
         self.storage = storage
@@ -81,6 +82,7 @@ class RemoteMirror(Mirror):
         super().__init__(bucket.storage)
         self.bucket = bucket
         os.makedirs(bucket.local.directory, exist_ok=True)  # downloads land there
+        self.uploads = uploads
         self.uploader = _Uploader(bucket, upload_s) if uploads else None
 
     def names(self) -> list[str]:

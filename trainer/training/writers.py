@@ -25,8 +25,7 @@ class Writers:
         ok = self.store.flush(timeout_s)
         if self.history:
             self.history.wait_idle(max(0.0, timeout_s - (time.monotonic() - started)))
-        uploads = self.store.storage.local_path("") is None  # checkpoints are staged, then uploaded
-        if uploads and self.store.writes:
+        if self.store.mirror.uploads:  # checkpoints are staged, then uploaded by this process
             if ok:
                 log.info("upload flushed (%s) in %.2fs", why, time.monotonic() - started)
             else:
