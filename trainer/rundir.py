@@ -66,14 +66,18 @@ def precheck_training(run_dir: str) -> None:
     """What ``train`` can check before the job loads and without asking a store: a URL's
     form, everything about a local path."""
     storage = open_storage(run_dir)
-    if _usable_place(storage).kind is not PlaceKind.STORE:
-        for_training(storage)
+    place = _usable_place(storage)
+    if place.kind is not PlaceKind.STORE:
+        _check_training(storage, place)
 
 
 def for_training(storage: Storage) -> None:
     """``train``: a new or empty place, or a run (the trainer's own files count as one). A store
     is probed first: that fails fast, with a hint, on a missing bucket, credentials or endpoint."""
-    place = _usable_place(storage)
+    _check_training(storage, _usable_place(storage))
+
+
+def _check_training(storage: Storage, place: Place) -> None:
     storage.check_reachable()
     names = _entries(storage, place)
     foreign = [n for n in names if not is_own(n)]
