@@ -5,11 +5,14 @@ Each example's first feature is its id; the model's own ``train_step`` appends o
 ``tf.py_function``, so it runs inside the compiled step). Used to check that a run keeps
 its global order of examples, exactly once, when the replica count changes between
 resumes, and that each global batch is split as documented. ``--source epoch_batches``
-gives the same examples in the same order through ``EpochBatches`` and a Python generator.
+gives the same examples in the same order through ``EpochBatches`` and a Python generator;
+``--source stream`` a plain tf.data pipeline with a reshuffling shuffle buffer (another
+order, resumed from its checkpointed iterator).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import keras
@@ -26,7 +29,7 @@ EXAMPLES, FEATURES, CLASSES = 256, 6, 3
 @dataclass
 class Settings:
     batch_size: int = 16
-    source: Literal["arrays", "epoch_batches"] = "arrays"
+    source: Literal["arrays", "epoch_batches", "stream"] = "arrays"
     ledger: str = setting("ledger.txt", may_change=True, help="file the train step appends to")
 
 
@@ -62,6 +65,8 @@ def build_data(s: Settings):
     x = rng.normal(size=(EXAMPLES, FEATURES)).astype("float32")
     x[:, 0] = np.arange(EXAMPLES)
     y = rng.integers(0, CLASSES, EXAMPLES)
+    if s.source == "stream":  # unseeded, as users write it: the run's seed fixes the order
+        return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(EXAMPLES // 2).batch(s.batch_size)
     arrays = trainer.ArrayData(x, y, batch_size=s.batch_size)
     if s.source == "arrays":
         return arrays
@@ -77,7 +82,7 @@ def build_data(s: Settings):
 def read(path) -> dict[int, dict[int, list[int]]]:
     """{global step: {replica: ids}} of a ledger file; a repeated (step, replica) is an error."""
     steps: dict[int, dict[int, list[int]]] = {}
-    for line in open(path).read().splitlines():
+    for line in Path(path).read_text().splitlines():
         step, replica, ids = line.split()
         shares = steps.setdefault(int(step), {})
         assert int(replica) not in shares, f"step {step} replica {replica} trained twice"

@@ -1,7 +1,8 @@
 """Elastic resume, exactly once: a run resumed with another number of replicas (one process,
 ``--cpu-devices``) or workers (TF_CONFIG) trains every global step on exactly the examples, in
 exactly the order, of an uninterrupted one-replica run; each replica on the share that
-``Replicas.bounds`` documents; no step twice, none lost. The job's train step writes down
+``Replicas.bounds`` documents; no step twice, none lost. For ArrayData, EpochBatches, and a
+plain tf.data pipeline resumed from its checkpointed iterator. The job's train step writes down
 what each replica saw (tests/ledger_job.py). Weights are not compared: the gradients are
 summed in another order, so they differ in the last bits (documented)."""
 import random
@@ -25,8 +26,16 @@ def _args(tmp_path, name, source, *extra):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """The ledger of an uninterrupted one-replica run: each epoch a permutation of the examples."""
-    tmp = tmp_path_factory.mktemp("ledger")
-    done = helpers.run(_args(tmp, "one", "arrays"))
+    return _single_ledger(tmp_path_factory.mktemp("ledger"), "arrays")
+
+
+@pytest.fixture(scope="module")
+def single_stream(tmp_path_factory):
+    return _single_ledger(tmp_path_factory.mktemp("ledger-stream"), "stream")
+
+
+def _single_ledger(tmp, source):
+    done = helpers.run(_args(tmp, "one", source))
     assert done.returncode == 0, done.stderr
     ledger = ledger_job.read(tmp / "one.txt")
     assert sorted(ledger) == list(range(TOTAL))
@@ -92,3 +101,22 @@ def test_worker_count_changes_keep_the_global_order_exactly_once(tmp_path, singl
     assert [code for code, _ in results] == [0, 0, 0], results
     assert "this run has 3" in results[0][1]
     _assert_same_examples(tmp_path / "run.txt", single, [2, 1, 3])
+
+
+def test_a_streamed_pipeline_keeps_its_order_across_worker_counts(tmp_path, single_stream):
+    """A plain tf.data pipeline (reshuffling shuffle buffer), resumed from its checkpointed
+    iterator: 2 workers -> SIGTERM -> 1 process -> SIGTERM -> 3 replicas to the end. Every
+    resume restores the iterator saved by another worker count; nothing is skipped."""
+    rng = random.Random(9)
+    args = _args(tmp_path, "run", "stream")
+    outputs = [_workers_until(args, 2, signal.SIGTERM, rng.randint(2, TOTAL // 3))]
+    outputs.append(_workers_until(args, 1, signal.SIGTERM, _next_target(rng, outputs[-1], TOTAL // 3 + 2,
+                                                                        2 * TOTAL // 3)))
+    done = helpers.run([*args, "--cpu-devices", "3"])
+    assert done.returncode == 0, done.stderr
+    outputs.append(done.stderr)
+    assert "were written with 2 replicas; this run has 1" in outputs[1] and "this run has 3" in outputs[2]
+    for out in outputs[1:]:
+        assert "restored the iterator of" in out and "skipping" not in out and "replaying" not in out, out
+    assert "cannot be checkpointed" not in "".join(outputs)
+    _assert_same_examples(tmp_path / "run.txt", single_stream, [2, 1, 3])

@@ -6,7 +6,9 @@ seed and the stops are in the test's report section) and at chosen steps
 (--max-steps: where the shuffle buffer drains, an epoch's last step, its end,
 the next epoch's first step, right after a resume): each resume restores the
 iterator (the log says so and never skips) and the final weights are bitwise
-equal to an uninterrupted run's. In-process, a restored iterator yields the
+equal to an uninterrupted run's; the same with two workers, each reading the
+global batches and training on its share. (A changed worker count keeps the
+order exactly once: tests/test_elastic.py.) In-process, a restored iterator yields the
 batches of every later epoch exactly, whatever step it was saved at, also
 where TensorFlow's checkpoint alone loses the shuffles' seed positions. A
 pipeline that cannot be checkpointed (a Python generator) says why in one
@@ -144,27 +146,34 @@ def test_one_iterator_over_every_epoch_yields_what_fit_iterates(tmp_path):
     assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
 
 
-def test_changed_replica_count_warns_and_never_restores_a_stale_iterator(tmp_path, shards):
-    """Saved by one process, resumed with two replicas: the saved iterator does not apply (warning,
-    skipping); stopped and resumed by one process again: that checkpoint holds no iterator state, so
-    the run says so and skips, instead of restoring the state of the first stop."""
-    base = ["train", "--run-dir", str(tmp_path / "run"), *FILES_JOB, "--files", str(shards), "--epochs", "1"]
-    positions = []
-    for extra in ([], ["--strategy", "mirrored", "--cpu-devices", "2"], []):
-        target = positions[-1][3] + 3 if positions else 3
-        code, out = helpers.interrupt_at_step([*base, *extra], signal.SIGTERM, target)
-        if positions:
-            e, s, n, g, _ = positions[-1]
-            mid_epoch = 0 < s < n
-            assert "restored the iterator of" not in out, out
-            if extra:
-                assert out.count("iterator cannot be checkpointed (under MirroredStrategy") == 1, out
-            if mid_epoch:
-                assert (f"skipping {s} batches of" if extra else "holds no iterator state") in out, out
-        if code == 0:  # the run finished before the signal landed
-            break
-        assert code == 128 + signal.SIGTERM, out
-        positions.append(helpers.stop_of(out))
+def test_two_workers_restore_the_iterator_and_end_bitwise(tmp_path, shards, request):
+    """The TFRecord pipeline under MultiWorkerMirroredStrategy (two TF_CONFIG workers, each reading
+    the global batches and training on its share): SIGTERM to both at a random step, resumed to
+    the end; every worker of the resume restores the iterator, nothing is skipped, and the weights
+    end bitwise equal to an uninterrupted two-worker run's."""
+    def workers(run_dir, *extra):
+        return helpers.start_workers(["train", "--run-dir", str(run_dir), *FILES_JOB, "--files", str(shards), *extra])
+    reference = helpers.finish(workers(tmp_path / "reference", "--quiet"))
+    assert [code for code, _ in reference] == [0, 0], reference
+    seed = int(os.environ.get("STOPS_SEED", random.randrange(2**32)))
+    target = random.Random(seed).randint(1, FILES_STEPS - 1)
+    request.node.add_report_section("call", "random stop", f"random.Random({seed}) drew global step {target}")
+    procs = workers(tmp_path / "run", "--log-every-steps", "1")
+    out, reached = helpers.wait_for_step(procs[0], target)
+    if reached is not None:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+    stopped = helpers.finish(procs)
+    assert [code for code, _ in stopped] in ([0, 0], [128 + signal.SIGTERM] * 2), stopped
+    resumed = helpers.finish(workers(tmp_path / "run", "--quiet"))
+    assert [code for code, _ in resumed] == [0, 0], resumed
+    stop = helpers.stop_of(out + stopped[0][1]) if stopped[0][0] else None
+    outputs = [out, *(output for _, output in (*reference, *stopped, *resumed))]
+    _assert_restored_every_time(outputs, [])
+    if stop and stop[3] < FILES_STEPS:
+        assert all("restored the iterator of" in out for _, out in resumed), resumed
+    helpers.assert_bitwise_equal(helpers.latest_variables(tmp_path / "reference"),
+                                 helpers.latest_variables(tmp_path / "run"))
 
 
 def _records(folder, shards: int, per_shard: int):

@@ -16,8 +16,7 @@ k batches already trained on. Three ways to say where the data comes from:
   iterator was, without reading anything twice (a pipeline whose reshuffling
   the checkpoint cannot place is replayed from the run's start instead, which
   is exact but reads everything again). Where the pipeline cannot be
-  checkpointed (a Python generator or function, a distribution strategy with
-  several replicas), it falls back to skipping, like a
+  checkpointed (a Python generator or function), it falls back to skipping, like a
   ``keras.utils.PyDataset``: a resumed epoch skips the batches already done,
   which is exact only if the data yields the same batches each time it is
   iterated; the start-up log says so in one warning naming the reason.
@@ -257,18 +256,20 @@ def _as_dataset(batches) -> tf.data.Dataset:
     return tf.data.Dataset.from_generator(generate, output_signature=spec)
 
 
+def share(batch, replicas: Replicas, replica: int):
+    """``replica``'s share of a global ``batch`` (a structure of tensors), as ``bounds`` says."""
+    size = tf.shape(tf.nest.flatten(batch)[0])[0]
+    lo, hi = replicas.bounds(size, replica)
+    return tf.nest.map_structure(lambda t: t[lo:hi], batch)
+
+
 def split_for_replicas(ds: tf.data.Dataset, replicas: Replicas) -> tf.data.Dataset:
     if replicas.total == 1:
         return ds
 
-    def share(replica, batch):
-        size = tf.shape(tf.nest.flatten(batch)[0])[0]
-        lo, hi = replicas.bounds(size, replica)
-        return tf.nest.map_structure(lambda t: t[lo:hi], batch)
-
     def parts(*batch):
         batch = batch[0] if len(batch) == 1 else batch
-        pieces = [tf.data.Dataset.from_tensors(share(r, batch)) for r in replicas.local_ids()]
+        pieces = [tf.data.Dataset.from_tensors(share(batch, replicas, r)) for r in replicas.local_ids()]
         return functools.reduce(lambda a, b: a.concatenate(b), pieces)
     return ds.flat_map(parts)
 

@@ -7,7 +7,7 @@ import logging
 import tensorflow as tf
 
 from .pipeline_graph import Verdict, checkpointable, first_line, restore_seed_generators, seed_generator_states
-from .sources import SINGLE, DataError, Replicas, split_for_replicas
+from .sources import SINGLE, DataError, Replicas, share, split_for_replicas
 
 log = logging.getLogger("trainer")
 
@@ -24,7 +24,14 @@ class StreamingData:
     iterator checkpointing, goes into the checkpoint's ``data`` group:
     position, shuffle buffer and seed state, committed with the weights.
     Symbolic checkpointing (positions rather than buffers) is switched on
-    where the pipeline allows it. A restore also puts the seed generators of
+    where the pipeline allows it. Under a strategy with several replicas, in one
+    process or several, the iterator still reads the global batches and each
+    replica is fed its share of each (:class:`_Shares`): every worker's
+    iterator is in the state one process's would be (as every worker reads the
+    same batches: the pipeline is built from the run's seed in each), so the
+    checkpoint holds it once, a restore gives it to every worker, and a run
+    resumed with another number of workers or replicas goes on at the same
+    place in the same order. A restore also puts the seed generators of
     the pipeline's reshuffling shuffles where the uninterrupted run had them,
     which the saved state may not say (see ``pipeline_graph``). A pipeline
     whose reshuffling cannot be placed so (``pipeline_graph.RESHUFFLES``) is
@@ -42,7 +49,9 @@ class StreamingData:
         self.source, self.what, self.steps_per_epoch = dataset, what, steps
         self.stream, self.verdict = checkpointable(dataset)
         self.state: tf.Variable | None = None  # the checkpointed iterator state (see bind)
-        self._iterator = None
+        self._iterator = None  # the run's one iterator of global batches
+        self._feed = None  # what the loop reads: the iterator, or the replicas' shares of its batches
+        self._strategy = None
 
     def __repr__(self) -> str:
         return f"StreamingData({self.steps_per_epoch} steps per epoch)"
@@ -72,29 +81,29 @@ class StreamingData:
 
     def bind(self, strategy: tf.distribute.Strategy) -> dict:
         """The checkpoint group for the iterator state (in every checkpoint of the run, empty when
-        skipping). tf.distribute's own iterators (several replicas or workers) cannot be saved."""
-        probe = iter(strategy.distribute_datasets_from_function(lambda _: tf.data.Dataset.range(1)))
-        if self.resumes_iterator and not hasattr(probe, "_serialize_to_tensors"):
-            self.verdict = Verdict(f"under {type(strategy).__name__} the input is read through tf.distribute's "
-                                   "iterators, which TensorFlow cannot checkpoint")
+        skipping), for a run under ``strategy``."""
+        self._strategy = strategy
         self.state = tf.Variable("", dtype=tf.string, trainable=False)
         return {"iterator": self.state}
 
     def capture(self) -> None:
-        """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot copies it);
-        emptied where it cannot be saved, so that a state restored from a checkpoint of another
-        process count is never carried, stale, into this run's checkpoints."""
+        """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot
+        copies it); emptied where it cannot be saved, so that a state restored from an older
+        checkpoint is never carried, stale, into this run's checkpoints."""
         if self.reason is not None:
             self.state.assign("")
         elif self._iterator is not None:
             self.state.assign(tf.io.serialize_tensor(self._iterator._serialize_to_tensors()[_STATE]))
 
     def iterator(self, epoch: int, start_step: int):
-        """The one iterator of the run, opened at the first epoch it trains (restored if saved)."""
+        """The one iterator of the run, opened at the first epoch it trains (restored if saved);
+        with several replicas, the feed of their shares of its batches."""
         if self._iterator is None:
             opener = self._replayed if self.verdict.replay else self._open
             self._iterator = opener(epoch, start_step)
-        return self._iterator
+            several = self._strategy is not None and self._strategy.num_replicas_in_sync > 1
+            self._feed = _Shares(self._iterator, self._strategy) if several else self._iterator
+        return self._feed
 
     def _replayed(self, epoch: int, start_step: int):
         """The run's one iterator from its start, past the batches already trained on: a new
@@ -152,3 +161,22 @@ class StreamingData:
 
 
 _STATE = "_STATE"  # the key of a tf.data iterator's serialized state
+
+
+class _Shares:
+    """Global batches from one iterator, each replica fed its share (the split of
+    ``split_for_replicas``): read by the loop's compiled step like a distributed iterator,
+    while the iterator underneath stays one that TensorFlow can checkpoint, in the same
+    state on every worker. (tf.distribute's own iterators cannot be checkpointed.)"""
+
+    def __init__(self, iterator, strategy: tf.distribute.Strategy):
+        self.iterator, self.strategy = iterator, strategy
+        self.replicas = Replicas(total=strategy.num_replicas_in_sync)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.iterator)
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: share(batch, self.replicas, context.replica_id_in_sync_group))
