@@ -1,10 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make train   set up (if needed), then train the main job (resumes if interrupted)
 #   make test    set up the test dependencies, start the dev SLURM cluster, run the tests
-# Options: make train RUN_DIR=runs/x ARGS="--epochs 3"; PYTHON=python3.11 make test
+# Options: make train RUN_DIR=runs/x ARGS="--epochs 3"; PYTHON=python3.11 make test; make test TEST_WORKERS=4
+# The tests run on TEST_WORKERS pytest-xdist workers, whole files to a worker (--dist loadfile), so that
+# a file's module fixtures (e.g. two-worker reference runs) are made once.
 PYTHON ?= python3
 RUN_DIR ?= runs/fmnist
 ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: setup setup-test train test
 
@@ -23,4 +26,4 @@ train: setup
 
 test: setup-test
 	slurm/dev-cluster/start.sh
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile

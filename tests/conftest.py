@@ -1,4 +1,8 @@
+import fcntl
+import os
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -6,21 +10,38 @@ from tests import helpers
 
 pytest_plugins = ["tests.emulators"]
 
+FAULTS = "faults injected"  # the user property that carries a test's fault counts to the summary
+
+
+def _shared_root(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this session sees (the parent of their base temps);
+    the base temp itself without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _train_once(folder: Path, args) -> Path:
+    """``folder/run`` trained with ``args`` by whichever process gets there first; the others
+    wait on the lock and reuse it ("done" marks a finished run, so a failed one is retried)."""
+    folder.mkdir(exist_ok=True)
+    run_dir, done = folder / "run", folder / "done"
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            result = helpers.run(["train", "--run-dir", str(run_dir), *args, "--quiet"], timeout=900)
+            assert result.returncode == 0, result.stdout + result.stderr
+            done.touch()
+    return run_dir
+
 
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    """``uninterrupted(name, args)``: the run dir of one uninterrupted run per name (made once);
-    interrupted runs with the same arguments must end bitwise equal to it."""
-    runs = {}
-
-    def get(name, args):
-        if name not in runs:
-            run_dir = tmp_path_factory.mktemp(f"reference-{name}") / "run"
-            result = helpers.run(["train", "--run-dir", str(run_dir), *args, "--quiet"], timeout=900)
-            assert result.returncode == 0, result.stdout + result.stderr
-            runs[name] = run_dir
-        return runs[name]
-    return get
+    """``uninterrupted(name, args)``: the run dir of one uninterrupted run per name, made once
+    for the whole session (shared by xdist workers); interrupted runs with the same arguments
+    must end bitwise equal to it."""
+    root = _shared_root(tmp_path_factory)
+    return lambda name, args: _train_once(root / f"reference-{name}", args)
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +50,22 @@ def reference_run(uninterrupted):
     return uninterrupted("reference", helpers.TINY)
 
 
-_COUNTS: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-
-
 @pytest.fixture
 def fault_report(request):
-    """``fault_report[key] += n`` adds to this test's line of the summary."""
-    return _COUNTS[request.node.name]
+    """``fault_report[key] += n`` adds to this test's line of the summary. The counts travel in
+    the test's user properties, so that they reach the summary from xdist workers too."""
+    counts = defaultdict(int)
+    yield counts
+    request.node.user_properties.append((FAULTS, dict(counts)))
+
+
+_COUNTS: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report):
+    for name, counts in report.user_properties:
+        if name == FAULTS:
+            _COUNTS[report.nodeid.split("::")[-1]] = counts
 
 
 def pytest_terminal_summary(terminalreporter):

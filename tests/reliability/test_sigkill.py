@@ -14,10 +14,13 @@ from tests import helpers
 from trainer.checkpoint.index import DIR, committed, leftovers, number_of
 from trainer.storage import Storage, open_storage
 
-# kind: (fewest kills, fewest saves the run must reach). Every step saves, and a save is
-# written, committed (and uploaded) in the background while the next steps run,
-# so kills land inside writes, commits, uploads and pruning.
-PLAN = {"local": (14, 100), "s3": (14, 80), "gcs": (10, 40)}
+# kind: (fewest kills, fewest saves the run must reach, most new commits a start may wait for).
+# Every step saves, and a save is written, committed (and uploaded) in the background while
+# the next steps run, so kills land inside writes, commits, uploads and pruning. A start is
+# killed a random fraction of a second after the run dir shows a drawn number of new commits
+# (0 kills it during its first steps): the saves reached count commits, not the machine's speed.
+PLAN = {"local": (14, 100, 16), "s3": (14, 80, 16), "gcs": (10, 40, 16)}
+WAIT_S = 300  # for a start's drawn commits: only a run that stopped saving takes this long
 
 
 @pytest.fixture(params=list(PLAN))
@@ -34,11 +37,24 @@ class CommitWatcher(threading.Thread):
         super().__init__(daemon=True)
         self.storage, self.seen, self._done = storage, seen, threading.Event()
         self.interval_s = 0.005 if storage.local_path("") else 0.02
+        self._listed = threading.Condition()
 
     def run(self):
         while not self._done.is_set():
-            self.seen.update(committed(self.storage.listdir(DIR)))
+            found = committed(self.storage.listdir(DIR))
+            with self._listed:
+                self.seen.update(found)
+                self._listed.notify_all()
             self._done.wait(self.interval_s)
+
+    def wait_for(self, number: int, proc) -> None:
+        """Until a commit numbered ``number`` or newer was seen; fails if ``proc`` ends first."""
+        deadline = time.monotonic() + WAIT_S
+        with self._listed:
+            while max(self.seen, default=0) < number:
+                assert proc.poll() is None, f"the run ended before ckpt-{number}:\n{proc.stdout.read()}"
+                assert time.monotonic() < deadline, f"no ckpt-{number} or newer within {WAIT_S} s"
+                self._listed.wait(1)
 
     def stop(self) -> None:
         self._done.set()
@@ -59,13 +75,13 @@ def _stale(places) -> list[tuple[Storage, str]]:
 
 def test_sigkill_during_saves_never_loses_a_commit(run_root, tmp_path, fault_report):
     kind, url, options = run_root
-    kills, min_saves = PLAN[kind]
+    kills, min_saves, most_commits = PLAN[kind]
     store = open_storage(url, options)
     args = ["train", "--run-dir", url, *helpers.TINY, "--epochs", "200", "--save-every-steps", "1"]
     if options:
         args += ["--storage-options", json.dumps(options)]
     rng, seen, saves = random.Random(17), set(), 0
-    for trial in range(3 * kills):  # more kills only if the machine was too slow to reach min_saves
+    for trial in range(3 * kills):  # more kills only while the drawn commits add up to fewer than min_saves
         last = trial >= kills and saves >= min_saves  # this start only checks the restore and clean-up
         places = [store]
         if options:  # every other start runs on a new node, whose staging folder is empty
@@ -86,7 +102,8 @@ def test_sigkill_during_saves_never_loses_a_commit(run_root, tmp_path, fault_rep
             survived = [name for storage, name in stale if storage.exists(name)]
             assert not survived, f"start {trial}: leftovers survived the start: {survived}"
             if not last:
-                time.sleep(rng.uniform(0.2, 2.5) if kind == "local" else rng.uniform(0.5, 3.5))
+                watcher.wait_for((expected or 0) + rng.randint(0, most_commits), proc)
+                time.sleep(rng.uniform(0, 0.5) if kind == "local" else rng.uniform(0, 1.0))
         finally:
             proc.kill()
             proc.communicate(timeout=30)
