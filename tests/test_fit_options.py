@@ -35,6 +35,39 @@ def test_class_weight_applies_to_training_batches_only():
     assert len(next(iter(source.dataset(0, 0, 0, SINGLE, training=False)))) == 2
 
 
+def test_class_weight_on_a_plain_pipeline_keeps_its_iterator_checkpointed():
+    """On a tf.data pipeline the weights go into the pipeline: the run still restores its iterator
+    (no warning, no skipping), and a restored one goes on with the same weighted batches."""
+    import tensorflow as tf
+
+    from trainer.data.accepted import from_job
+    classes = np.random.default_rng(0).integers(0, 6, size=40).astype(np.int32)
+    x = np.arange(40, dtype=np.float32).reshape(-1, 1)
+
+    def weighted():
+        tf.random.set_seed(3)
+        pipeline = tf.data.Dataset.from_tensor_slices((x, classes)).shuffle(40).batch(8)
+        source = fit_options.class_weighted(from_job(pipeline, "train"), WEIGHTS)
+        source.bind(tf.distribute.get_strategy())
+        return source
+
+    def take(iterator, n):
+        return [tuple(t.numpy() for t in next(iterator)) for _ in range(n)]
+    source = weighted()
+    assert source.resumes_iterator and source.warning is None
+    iterator = source.iterator(0, 0)
+    first = take(iterator, 2)
+    source.capture()
+    rest = take(iterator, 3)
+    resumed = weighted()
+    resumed.state.assign(source.state)
+    assert [[a.tobytes() for a in b] for b in take(resumed.iterator(0, 2), 3)] == [[a.tobytes() for a in b]
+                                                                                 for b in rest]
+    for batch_x, batch_y, weights in first + rest:
+        assert weights.tobytes() == class_weight_to_sample_weights(batch_y, WEIGHTS).tobytes()
+        assert len(batch_x) == len(batch_y) == len(weights)
+
+
 @pytest.mark.parametrize("kwargs, needle", [
     ({"class_weight": {"cat": 1.0}}, "keys must be class ids"),
     ({"class_weight": {0: float("nan")}}, "class_weight[0] must be a finite number"),

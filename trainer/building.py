@@ -56,7 +56,7 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
             raise JobError(f"job {job.label}: build_data returned no training data")
         class_weight = job.fit_options().class_weight
         if class_weight:
-            train = fit_mod.ClassWeighted(train, class_weight)
+            train = fit_mod.class_weighted(train, class_weight)
         model = check_model(_call(job, "build_model"), job.label)
         groups = prepare(model, accepted.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}

@@ -78,6 +78,17 @@ def _validation_freq(value, where: str) -> int | tuple:
                          f"list of epochs counted from 1 (e.g. [1, 5, 10]), got {value!r}")
 
 
+def class_weighted(source, class_weight: dict):
+    """``source`` with fit's class weights on its training batches. A plain tf.data pipeline
+    gets them as a map at its end, so that the iterator the run checkpoints is still the
+    whole pipeline's (behind a wrapper it would resume by skipping)."""
+    from ..data.streaming import StreamingData
+    if isinstance(source, StreamingData):
+        _check_batches(source.source.element_spec)
+        return StreamingData(source.source.map(_weigh(class_weight)), source.what)
+    return ClassWeighted(source, class_weight)
+
+
 class ClassWeighted:
     """Training data whose batches ``(x, y)`` become ``(x, y, weights)`` as ``fit``'s
     ``class_weight`` makes them: each example's weight is that of its class (the argmax of a
