@@ -38,20 +38,26 @@ class CommitWatcher(threading.Thread):
         self.storage, self.seen, self._done = storage, seen, threading.Event()
         self.interval_s = 0.005 if storage.local_path("") else 0.02
         self._listed = threading.Condition()
+        self.error: Exception | None = None  # what stopped the watching, if anything did
 
     def run(self):
-        while not self._done.is_set():
-            found = committed(self.storage.listdir(DIR))
-            with self._listed:
-                self.seen.update(found)
-                self._listed.notify_all()
-            self._done.wait(self.interval_s)
+        try:
+            while not self._done.is_set():
+                found = committed(self.storage.listdir(DIR))
+                with self._listed:
+                    self.seen.update(found)
+                    self._listed.notify_all()
+                self._done.wait(self.interval_s)
+        except Exception as exc:  # (reported by wait_for, not lost with the thread)
+            self.error = exc
+            raise
 
     def wait_for(self, number: int, proc) -> None:
         """Until a commit numbered ``number`` or newer was seen; fails if ``proc`` ends first."""
         deadline = time.monotonic() + WAIT_S
         with self._listed:
             while max(self.seen, default=0) < number:
+                assert self.is_alive(), f"the commit watcher stopped: {self.error!r}"
                 assert proc.poll() is None, f"the run ended before ckpt-{number}:\n{proc.stdout.read()}"
                 assert time.monotonic() < deadline, f"no ckpt-{number} or newer within {WAIT_S} s"
                 self._listed.wait(1)

@@ -23,7 +23,9 @@ k batches already trained on. Three ways to say where the data comes from:
 
 Under a distribution strategy every process prepares only its replicas'
 shares of each global batch (sizes as even as possible, computed from the
-global batch, so the split never depends on how many batches were skipped).
+global batch, so the split never depends on how many batches were skipped);
+except a plain ``tf.data.Dataset``, which every process reads whole, taking
+its replicas' shares of each batch (see ``streaming``).
 Which of these a job's value is, is decided in ``accepted.py``.
 """
 from __future__ import annotations

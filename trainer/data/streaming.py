@@ -124,7 +124,9 @@ class StreamingData:
         log.warning("the checkpoint holds no iterator state of %s (written while it could not be saved); "
                     "skipping %d batches of a new iteration for epoch %d, exact only if the dataset yields "
                     "the same batches every time", self.what, start_step, epoch + 1)
-        return iter(self.stream.skip(start_step).concatenate(self.stream.repeat()))
+        for _ in range(start_step):  # (read from the iterator a later resume restores the state of)
+            next(fresh)
+        return fresh
 
     def _restored(self, saved: bytes, epoch: int, start_step: int):
         """The saved iterator, its shuffles' seed generators where the uninterrupted run had them

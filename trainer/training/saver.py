@@ -91,7 +91,7 @@ class Saver:
         if contents.callback_states:
             state.callbacks = contents.callback_states.capture()
         contents.state_var.assign(state.to_json())
-        if contents.data is not None:
+        if contents.data is not None and self.store.writes:  # (only the chief's checkpoint is written)
             contents.data.capture()
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                 "lr": state.lr, "reason": reason, "replicas": contents.replicas}

@@ -9,8 +9,11 @@ from .runs import Run
 CAUSES = (
     ("its state restarts at each resume",
      "a callback keeps state in its attributes without the state protocol: it restarts at each resume"),
-    ("cannot be checkpointed",
+    ("cannot be checkpointed (",
      "the tf.data pipeline cannot be checkpointed, so a resumed epoch falls back to skipping batches"),
+    ("cannot be checkpointed exactly",
+     "the tf.data pipeline's reshuffling cannot be placed by its checkpoint, so a resume replays the run's "
+     "batches from its first step"),
     ("a resumed epoch skips the batches",
      ("the training data is a plain tf.data.Dataset: a resumed epoch skips batches in a new iteration, "
       "exact only if it yields the same batches every time")),
