@@ -105,11 +105,11 @@ def _job_settings(cli) -> str:
     cli.import_tensorflow_quietly()  # the default job imports TensorFlow: without its start-up lines
     job = load(None)
     generic = {s for a in cli.train_parser()._actions for s in a.option_strings}
-    lines = [f"## Settings of the default job, `{job.label}`", "",
-             "Each field of a job's `Settings` dataclass is a flag of `train` "
-             "(see [Job files](job.md#settings-become-flags)); "
-             f"`trainer train --job NAME --help` lists any job's. The default job's "
-             f"presets: {', '.join(f'`{p}`' for p in job.presets)} (default `{job.default_preset}`).", ""]
+    presets = ", ".join(f"`{p}`" for p in job.presets)
+    intro = ("Each field of a job's `Settings` dataclass is a flag of `train` (see [Job files]"
+             "(job.md#settings-become-flags)); `trainer train --job NAME --help` lists any job's. "
+             f"The default job's presets: {presets} (default `{job.default_preset}`).")
+    lines = [f"## Settings of the default job, `{job.label}`", "", intro, ""]
     return "\n".join(lines + _table(cli.train_parser(job), skip=generic))
 
 
