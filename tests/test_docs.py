@@ -157,7 +157,14 @@ def test_every_code_block_parses_and_every_skip_has_a_reason():
         for block in blocks(page):
             check_syntax(block, f"{page.relative_to(ROOT)}:{block.line}")
             checked += 1
-    assert checked > 50
+    assert checked >= 30, f"only {checked} code blocks found: has the lexer stopped finding them?"
+
+
+def test_readme_stays_a_five_minute_read():
+    """The README is the first layer; the rest belongs in docs/ (see docs/explanation/docs.md)."""
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines <= 250, f"README.md has {lines} lines: move detail into the site under docs/"
+    assert "make docs" in (ROOT / "README.md").read_text(), "the README must say how to serve the docs"
 
 
 def test_directives_are_strict(tmp_path: Path):
