@@ -167,6 +167,16 @@ def test_readme_stays_a_five_minute_read():
     assert "make docs" in (ROOT / "README.md").read_text(), "the README must say how to serve the docs"
 
 
+def test_exit_code_reference_lists_every_code():
+    """Launchers requeue by exit code, so the codes are public: each one in trainer.errors is documented."""
+    from trainer import errors
+    table = (ROOT / "docs" / "reference" / "exit-codes.md").read_text()
+    codes = {name: value for name, value in vars(errors).items() if name.isupper() and isinstance(value, int)}
+    assert len(codes) >= 7
+    for name, code in codes.items():
+        assert f"\n| {code} |" in table, f"docs/reference/exit-codes.md lacks exit code {code} ({name})"
+
+
 def test_directives_are_strict(tmp_path: Path):
     """A typo in a docs-test comment must fail, not silently run the block at full size."""
     page = tmp_path / "page.md"
