@@ -21,7 +21,7 @@ setup: .setup.stamp
 setup-test: .setup-test.stamp
 .setup-test.stamp: pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) scripts/setup.sh --test
-	touch $@ .setup.stamp
+	touch $@ .setup.stamp .setup-docs.stamp
 
 setup-docs: .setup-docs.stamp
 .setup-docs.stamp: pyproject.toml
@@ -36,4 +36,4 @@ test: setup-test
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 docs: setup-docs
-	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --dev-addr $(DOCS_ADDR)
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --dev-addr $(DOCS_ADDR) --watch trainer
