@@ -15,9 +15,11 @@ Every other page's blocks are checked for syntax only (``compile``, ``bash -n``)
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -158,6 +160,56 @@ def test_every_code_block_parses_and_every_skip_has_a_reason():
             check_syntax(block, f"{page.relative_to(ROOT)}:{block.line}")
             checked += 1
     assert checked >= 30, f"only {checked} code blocks found: has the lexer stopped finding them?"
+
+
+COMMAND = re.compile(r"(?:^|[\s/])trainer (train|verify|lr|status|export|jobs)\b([^#]*)")
+
+
+def _setting_flags(sources: list[str]) -> set[str]:
+    """The flags that jobs' Settings dataclasses make (field `train_size` -> --train-size, --no-train-size)."""
+    flags = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and node.name == "Settings":
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        name = item.target.id.replace("_", "-")
+                        flags |= {f"--{name}", f"--no-{name}"}
+    return flags
+
+
+def test_every_command_in_the_docs_uses_flags_that_exist():
+    """Blocks that do not run still name real commands and flags: a renamed flag fails here."""
+    from trainer.cli import build_parser
+    from trainer.verify.plan import parser as verify_parser
+    jobs = [p.read_text() for p in (ROOT / "jobs").glob("*.py")]
+    generic = {s for a in train_parser()._actions for s in a.option_strings}
+    verify = {s for a in verify_parser()._actions for s in a.option_strings}
+    pages = {page: blocks(page) for page in ALL_PAGES}
+    documented_jobs = [b.source for page_blocks in pages.values() for b in page_blocks if b.language == "python"]
+    known = generic | _setting_flags(jobs + documented_jobs)  # the example jobs' and the docs' own (my_job.py)
+    checked = 0
+    for page, page_blocks in pages.items():
+        for block in page_blocks:
+            if block.language != "bash":
+                continue
+            for line in block.source.replace("\\\n", " ").splitlines():
+                match = COMMAND.search(line)
+                if not match:
+                    continue
+                where = f"{page.relative_to(ROOT)}:{block.line}: {line.strip()}"
+                command, args = match[1], shlex.split(match[2].replace("$", ""))
+                if command in ("train", "verify"):
+                    allowed = known | (verify if command == "verify" else set())
+                    unknown = [a.split("=")[0] for a in args if a.startswith("--") and a.split("=")[0] not in allowed]
+                    assert not unknown, f"{where}: no such flag {unknown}"
+                else:
+                    try:
+                        build_parser().parse_args([command, *args])
+                    except SystemExit:
+                        raise AssertionError(f"{where}: `trainer {command}` does not take these arguments") from None
+                checked += 1
+    assert checked >= 30, f"only {checked} trainer commands found in the docs"
 
 
 def test_readme_stays_a_five_minute_read():
