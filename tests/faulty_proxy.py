@@ -10,10 +10,14 @@ request meets which fault depends on how the clients interleave):
 * ``reset after``: the request is forwarded, the store applies it, then the connection is reset
   instead of answered (the client sees a failure, the object was written or deleted).
 * ``truncated``: the store's answer is sent with its full Content-Length but only half its body,
-  then the connection is closed (answers without a body are passed through unharmed).
+  then the connection is closed (drawn for an answer without a body, it waits for the next
+  answer with one).
 * ``stall``: the request is forwarded (the store applies it), then its answer is held for some
   seconds (a client that gave up meanwhile gets it on a connection it closed: lost).
 * ``blackout``: from one drawn request on, every request is met with a reset for some seconds.
+
+Each kind but the blackout is also injected once at a drawn request among the first
+``Rates.each_by`` (or the first one after the blackout), so that a short run meets them all.
 
 ``counts`` says how many of each were injected. The proxy speaks HTTP/1.1 with keep-alive to
 its clients, answers ``Expect: 100-continue`` and reads chunked request bodies; it opens one
@@ -50,7 +54,9 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 @dataclass(frozen=True)
 class Rates:
     """Per request: the chance that each kind of fault starts there; how long stalls and the
-    blackout last; the range the blackout's request number is drawn from."""
+    blackout last; the range the blackout's request number is drawn from, and the range in
+    which each kind is injected at least once (at a drawn request, or the first one after the
+    blackout if it falls inside)."""
     five_xx: float = 0.04
     reset_before: float = 0.03
     reset_after: float = 0.03
@@ -59,6 +65,7 @@ class Rates:
     stall_s: tuple[float, float] = (1.0, 4.0)
     blackout_s: tuple[float, float] = (3.0, 6.0)
     blackout_at: tuple[int, int] = (10, 60)
+    each_by: int = 80
 
 
 class Schedule:
@@ -71,6 +78,7 @@ class Schedule:
         self.blackout_at = self.rng.randint(*rates.blackout_at)
         self.blackout_s = self.rng.uniform(*rates.blackout_s)
         self._burst = 0  # requests of the current 5xx burst still to fail
+        self._forced = sorted((self.rng.randint(1, rates.each_by), kind) for kind in KINDS)
         self._lock = threading.Lock()
         self.requests = 0
         self.blackout_until = None  # monotonic end of the blackout, once it began
@@ -87,6 +95,8 @@ class Schedule:
             if self._burst:
                 self._burst -= 1
                 return FIVE_XX, detail
+            if self._forced and self._forced[0][0] <= self.requests:
+                return self._forced.pop(0)[1], detail
             draw, r = self.rng.random(), self.rates
             for kind, chance in ((FIVE_XX, r.five_xx), (RESET_BEFORE, r.reset_before), (RESET_AFTER, r.reset_after),
                                  (TRUNCATED, r.truncated), (STALL, r.stall)):
@@ -108,6 +118,7 @@ class FaultyProxy:
         self._lock = threading.Lock()
         self._idle = threading.Condition()
         self._in_flight = 0
+        self._truncations = 0  # drawn, waiting for an answer with a body
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -118,6 +129,17 @@ class FaultyProxy:
     def count(self, kind: str) -> None:
         with self._lock:
             self.counts[kind] += 1
+
+    def truncates(self, drawn: bool, has_body: bool) -> bool:
+        """Whether to cut this answer short: a truncation drawn for an answer without a body
+        waits for the next answer with one."""
+        with self._lock:
+            self._truncations += drawn
+            if not (has_body and self._truncations):
+                return False
+            self._truncations -= 1
+            self.counts[TRUNCATED] += 1
+            return True
 
     @contextlib.contextmanager
     def forwarding(self):
@@ -176,8 +198,7 @@ def _handler(proxy: FaultyProxy):
             if fault == RESET_AFTER:
                 proxy.count(fault)
                 return self._reset()
-            if fault == TRUNCATED and self.command != "HEAD" and len(data) >= 2:
-                proxy.count(fault)
+            if proxy.truncates(fault == TRUNCATED, self.command != "HEAD" and len(data) >= 2):
                 self._answer(status, reason, headers, data, len(data) // 2)
                 self.close_connection = True
                 return None
@@ -232,7 +253,7 @@ def _handler(proxy: FaultyProxy):
                 if k.lower() not in _HOP_BY_HOP | {"content-length"}:
                     self.send_header(k, v)
             if self.command == "HEAD":
-                length = dict((k.lower(), v) for k, v in headers).get("content-length", "0")
+                length = {k.lower(): v for k, v in headers}.get("content-length", "0")
             else:
                 length = str(len(data))
             self.send_header("Content-Length", length)

@@ -18,7 +18,7 @@ from tests.reliability.test_sigkill import CommitWatcher, _stale
 from trainer.checkpoint.index import DIR, MARKER, committed
 from trainer.storage import open_storage
 
-KILLS = 3  # starts killed at drawn commit counts; then one start trains to the end
+KILLS = 2  # starts killed at drawn commit counts; then one start trains to the end
 MOST_NEW_COMMITS = 12  # the most new local commits a start is drawn to make before its kill
 SAVE_EVERY = 2  # steps (the uninterrupted reference saves less often: saving must not change the weights)
 # The trainer's client gives up on an answer after 2 s (and retries): the proxy's stalls last 1-4 s.
@@ -27,10 +27,12 @@ WAIT_S = 300  # for a start's drawn commits: only a run that stopped saving take
 
 
 @pytest.fixture
-def proxy(s3_server, request):
+def proxy(s3_server):
+    """The proxy in front of the session's S3 server, its seed printed (shown with a failure)."""
     seed = int(os.environ.get("STORAGE_FAULTS_SEED", random.randrange(2**32)))
     proxy = FaultyProxy(s3_server, Schedule(seed))
-    request.node.add_report_section("call", "storage faults", f"STORAGE_FAULTS_SEED={seed}")
+    print(f"STORAGE_FAULTS_SEED={seed}: a blackout of {proxy.schedule.blackout_s:.1f} s from request "
+          f"{proxy.schedule.blackout_at}")
     yield proxy
     proxy.close()
 
@@ -67,7 +69,6 @@ def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_server, p
                     time.sleep(rng.uniform(0, 0.5))
                     proc.kill()
                 out += proc.communicate(timeout=600)[0]
-                print(f"start {trial}: {proxy.schedule.requests} requests so far, {dict(proxy.counts)}")
             finally:
                 proc.kill()
                 watcher.stop()
@@ -79,6 +80,8 @@ def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_server, p
             if newest:
                 helpers.assert_checkpoint_complete(store, newest)
             fault_report["SIGKILLs"] += not finished
+            print(f"start {trial} on node {(trial + 1) // 2}: from ckpt-{expected}, {'exit 0' if finished else 'killed'}"
+                  f" with ckpt-{newest} in the bucket; {proxy.schedule.requests} requests so far, {dict(proxy.counts)}")
             fault_report["leftovers cleaned"] += len(stale)
             if finished:
                 break
@@ -87,7 +90,8 @@ def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_server, p
     assert finished
     fault_report["commits seen"] = len(seen)
     fault_report["commits lost"] = 0
-    assert proxy.counts[BLACKOUT_RESETS], "the run ended before the blackout"
+    missed = [kind for kind in (*KINDS, BLACKOUT_RESETS) if not proxy.counts[kind]]
+    assert not missed, f"the run ended before these faults were injected: {missed}"
     helpers.assert_bitwise_equal(helpers.latest_variables(reference_run), _final_weights(store, tmp_path / "final"))
 
 
