@@ -12,7 +12,6 @@ import time
 import pytest
 
 from tests import helpers
-from tests.emulators import _boto3, _bucket_name, s3_options
 from tests.faulty_proxy import BLACKOUT_RESETS, KINDS, FaultyProxy, Schedule
 from tests.reliability.test_sigkill import CommitWatcher, _stale
 from trainer.checkpoint.index import DIR, MARKER, committed
@@ -37,14 +36,13 @@ def proxy(s3_server):
     proxy.close()
 
 
-def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_server, proxy, reference_run, tmp_path,
+def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_run_root, proxy, reference_run, tmp_path,
                                                                     fault_report):
-    bucket = _bucket_name()
-    _boto3("s3", s3_server).create_bucket(Bucket=bucket)
-    url = f"s3://{bucket}/run"
-    store = open_storage(url, s3_options(s3_server))  # the test's own view: straight to the store
-    args = ["train", "--run-dir", url, "--storage-options", json.dumps(s3_options(proxy.url, config_kwargs=CLIENT)),
-            *helpers.TINY, "--save-every-steps", str(SAVE_EVERY), "--quiet"]
+    url, options = s3_run_root
+    store = open_storage(url, options)  # the test's own view: straight to the store
+    through_proxy = {**options, "endpoint_url": proxy.url, "config_kwargs": CLIENT}
+    args = ["train", "--run-dir", url, "--storage-options", json.dumps(through_proxy), *helpers.TINY,
+            "--save-every-steps", str(SAVE_EVERY), "--quiet"]
     rng, seen, finished = random.Random(proxy.schedule.seed), set(), False
     fault_report["seed"] = proxy.schedule.seed
     try:
