@@ -54,6 +54,7 @@ def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_run_root,
             stale = _stale([store, node])
             watcher = CommitWatcher(store, seen)
             watcher.start()
+            began = time.monotonic()
             proc = helpers.start(args + ["--staging-dir", str(staging)])
             try:
                 out = _start_up(proc)
@@ -79,7 +80,9 @@ def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_run_root,
                 helpers.assert_checkpoint_complete(store, newest)
             fault_report["SIGKILLs"] += not finished
             print(f"start {trial} on node {(trial + 1) // 2}: from ckpt-{expected}, {'exit 0' if finished else 'killed'}"
-                  f" with ckpt-{newest} in the bucket; {proxy.schedule.requests} requests so far, {dict(proxy.counts)}")
+                  f" after {time.monotonic() - began:.1f} s with ckpt-{newest} in the bucket; "
+                  f"{proxy.schedule.requests} requests so far, {dict(proxy.counts)}; "
+                  + " ".join(line for line in out.splitlines() if "start-up:" in line or "flushed" in line))
             fault_report["leftovers cleaned"] += len(stale)
             if finished:
                 break
