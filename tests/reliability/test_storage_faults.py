@@ -18,8 +18,8 @@ from trainer.checkpoint.index import DIR, MARKER, committed
 from trainer.storage import open_storage
 
 KILLS = 2  # starts killed at drawn commit counts; then one start trains to the end
-MOST_NEW_COMMITS = 12  # the most new local commits a start is drawn to make before its kill
-SAVE_EVERY = 2  # steps (the uninterrupted reference saves less often: saving must not change the weights)
+MOST_NEW_COMMITS = 12  # the most new local commits a start is drawn to make before its kill (at least 1)
+SAVE_EVERY = 4  # steps (the uninterrupted reference saves less often: saving must not change the weights)
 # The trainer's client gives up on an answer after 2 s (and retries): the proxy's stalls last 1-4 s.
 CLIENT = {"connect_timeout": 2, "read_timeout": 2}
 WAIT_S = 300  # for a start's drawn commits: only a run that stopped saving takes this long
@@ -62,7 +62,7 @@ def test_storage_faults_and_sigkills_lose_no_commit_and_end_bitwise(s3_run_root,
                     assert f"resumed from {store.url(DIR)}/ckpt-{expected} at" in out, out
                 survived = [name for storage, name in stale if storage.exists(name)]
                 assert not survived, f"start {trial}: leftovers survived the start: {survived}"
-                killed = trial < KILLS and _commits_made(node, (expected or 0) + rng.randint(0, MOST_NEW_COMMITS),
+                killed = trial < KILLS and _commits_made(node, (expected or 0) + rng.randint(1, MOST_NEW_COMMITS),
                                                          proc)
                 if killed:
                     time.sleep(rng.uniform(0, 0.5))
