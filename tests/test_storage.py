@@ -528,6 +528,7 @@ def _cases():
         (HttpError({"code": 503, "message": "backend"}), True), (HttpError({"code": 429, "message": "slow"}), True),
         (HttpError({"code": 408, "message": "timeout"}), True), (requests.exceptions.ProxyError(), True),
         (aiohttp.ServerDisconnectedError(), True), (aiohttp.ClientOSError(errno.ECONNREFUSED, "refused"), True),
+        (_cut_short(), True),
         # permanent
         (FileNotFoundError(), False), (PermissionError(), False), (IsADirectoryError(), False),
         (OSError(errno.ENOSPC, "No space left on device"), False), (OSError(errno.EROFS, "read-only fs"), False),
@@ -543,6 +544,17 @@ def _cases():
     ]
 
 
+def _cut_short():
+    """What aiohttp raises (through s3fs) for an answer whose body ends before its Content-Length."""
+    from aiohttp import ClientPayloadError
+    from aiohttp.http_exceptions import ContentLengthError
+    cause = ContentLengthError("Not enough data to satisfy content length header (received 2500 of 5000 bytes).")
+    try:
+        raise ClientPayloadError(f"Response payload is not completed: {cause!r}") from cause
+    except ClientPayloadError as exc:
+        return exc
+
+
 def test_is_transient():
     wrong = [(type(e).__name__, str(e)[:40], want) for e, want in _cases() if is_transient(e) is not want]
     assert not wrong
@@ -551,6 +563,7 @@ def test_is_transient():
 def test_http_status_is_found_through_the_cause_chain():
     assert http_status(_translated(503, "ServiceUnavailable")) == 503
     assert http_status(ValueError()) is None
+    assert http_status(_cut_short()) is None  # not the HTTP 400 aiohttp's parser error carries
 
 
 def test_torn_writes_of_dead_processes_are_removed_and_live_ones_spared(tmp_path):

@@ -18,6 +18,7 @@ _MIN_WRITE_RATE = float(1 << 20)  # bytes/s assumed at worst when bounding a rem
 _TRANSIENT_NAMES = ("Timeout", "ConnectionError", "ConnectorError", "ServerDisconnected", "ConnectionClosed",
                     "IncompleteRead", "ResponseStreamingError", "ClientPayloadError", "ProxyError",
                     "ChunkedEncodingError", "ChecksumError")
+_AIOHTTP_PARSING = "aiohttp.http_exceptions"  # where aiohttp's errors in parsing an answer live
 # Local-side errnos that no retry can fix (e.g. a full disk under download()).
 _PERMANENT_ERRNOS = {getattr(errno, name) for name in (
     "ENOENT", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "EROFS", "EINVAL", "ENAMETOOLONG", "EISDIR", "ENOTDIR",
@@ -63,8 +64,12 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def http_status(exc: BaseException) -> int | None:
-    """The HTTP status carried by ``exc`` or an exception it was raised from, if any."""
+    """The HTTP status carried by ``exc`` or an exception it was raised from, if any. aiohttp's
+    errors in parsing an answer (a body cut short, a broken chunk) carry the status a server
+    would send for such a request (400): no status was received, so they have none."""
     for e in _chain(exc):
+        if type(e).__module__ == _AIOHTTP_PARSING:
+            continue
         for attr in ("code", "status", "status_code"):
             value = getattr(e, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 600:
