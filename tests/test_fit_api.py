@@ -37,6 +37,15 @@ def test_trainer_fit_equals_model_fit(tmp_path):
     assert split["exit_code"] == 0 and split["weights_equal_fit"]
     assert split["our_history"] == split["fit_history"] and len(split["fit_history"]["val_loss"]) == 2
 
+    for name in ("dataset_validation", "dataset_validation_batch_size"):  # validation arrays, a tf.data source
+        case = out[name]
+        assert case["exit_codes"] == [0, 0], name
+        assert case["histories"] == [case["fit_history"]] * 2, name  # trainer.fit, and a job's build_data
+        assert len(case["fit_history"]["val_loss"]) == 2
+    dict_x = out["dict_x"]
+    assert dict_x["exit_code"] == 0 and dict_x["weights_equal_fit"]
+    assert dict_x["our_history"] == dict_x["fit_history"] and "val_loss" in dict_x["fit_history"]
+
     vae = out["vae"]  # the keras.io VAE through job=..., callbacks=[...]
     assert vae["exit_code"] == 0
     assert vae["our_history"].keys() == vae["fit_history"].keys() == VAE_LOGS
