@@ -95,7 +95,7 @@ def main(root: Path) -> dict:
                                "weights_equal_fit": same_weights(model.get_weights(), exported.get_weights())}
 
     out.update(dataset_and_validation_arrays(root, x, y, vx, vy))
-    out["dict_x"] = dict_x(root)
+    out["dict_x"], out["list_x"] = several_inputs(root, "dict"), several_inputs(root, "list")
 
     images = vae_job.images(vae_job.Settings(examples=64))
     vae, vae_history = keras_fit(lambda: vae_job.build_model(None), images, batch_size=32, epochs=2)
@@ -124,21 +124,23 @@ def dataset_and_validation_arrays(root: Path, x, y, vx, vy) -> dict:
     return out
 
 
-def dict_x(root: Path) -> dict:
-    """A dict of arrays as x (a model with named inputs), as fit takes it."""
+def several_inputs(root: Path, kind: str) -> dict:
+    """A dict (``kind`` "dict") or a list ("list") of arrays as x, for a model with two inputs, as
+    fit takes them."""
     def build():
         a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
         hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
-        model = keras.Model({"a": a, "b": b}, keras.layers.Dense(3, activation="softmax")(hidden))
+        model = keras.Model({"a": a, "b": b} if kind == "dict" else [a, b],
+                            keras.layers.Dense(3, activation="softmax")(hidden))
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
     x, y = arrays(120, 2)
-    inputs = {"a": x[:, :3], "b": x[:, 3:]}
+    inputs = {"a": x[:, :3], "b": x[:, 3:]} if kind == "dict" else [x[:, :3], x[:, 3:]]
     common = dict(batch_size=16, epochs=2, validation_split=0.25)
     model, fit_history = keras_fit(build, inputs, y, **common)
-    ours = trainer.fit(str(root / "dict_x"), model=build, x=inputs, y=y, shuffle=False, quiet=True,
+    ours = trainer.fit(str(root / kind), model=build, x=inputs, y=y, shuffle=False, quiet=True,
                        tensorboard=False, **common)
-    exported = keras.models.load_model(root / "dict_x" / "model.keras")
+    exported = keras.models.load_model(root / kind / "model.keras")
     return {"exit_code": ours.exit_code, "fit_history": fit_history, "our_history": ours.keras_history,
             "weights_equal_fit": same_weights(model.get_weights(), exported.get_weights())}
 

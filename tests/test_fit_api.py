@@ -42,9 +42,10 @@ def test_trainer_fit_equals_model_fit(tmp_path):
         assert case["exit_codes"] == [0, 0], name
         assert case["histories"] == [case["fit_history"]] * 2, name  # trainer.fit, and a job's build_data
         assert len(case["fit_history"]["val_loss"]) == 2
-    dict_x = out["dict_x"]
-    assert dict_x["exit_code"] == 0 and dict_x["weights_equal_fit"]
-    assert dict_x["our_history"] == dict_x["fit_history"] and "val_loss" in dict_x["fit_history"]
+    for name in ("dict_x", "list_x"):  # several inputs as a dict and as a list of arrays
+        case = out[name]
+        assert case["exit_code"] == 0 and case["weights_equal_fit"], name
+        assert case["our_history"] == case["fit_history"] and "val_loss" in case["fit_history"], name
 
     vae = out["vae"]  # the keras.io VAE through job=..., callbacks=[...]
     assert vae["exit_code"] == 0

@@ -29,7 +29,7 @@ import types
 
 from . import job as job_mod
 from .config import ConfigError, TrainConfig, current_names, log_format_from
-from .data.accepted import FIT_BATCH_SIZE
+from .data.accepted import FIT_BATCH_SIZE, inputs_as_fit_reads_them
 from .data.sources import ArrayData, EpochBatches
 from .errors import TrainerError, report
 from .run import Result, train
@@ -139,7 +139,7 @@ def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data,
         return x, validation_data
     if not isinstance(shuffle, bool):
         raise ValueError(f"shuffle must be True or False for arrays, got {shuffle!r}")
-    arrays = (x, y, sample_weight)
+    arrays = tuple(inputs_as_fit_reads_them(a) for a in (x, y, sample_weight))
     if validation_split and validation_data is None:
         arrays, held_out = _split(arrays, validation_split)
         validation_data = tuple(held_out[:2]) if held_out[2] is None else held_out

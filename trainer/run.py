@@ -51,6 +51,7 @@ class Result:
     state: TrainerState | None = None
     checkpoint: int | None = None
     final_metrics: dict = field(default_factory=dict)
+    model: str | None = None  # where the model was exported (model.keras), if it was
 
     @property
     def completed(self) -> bool:
@@ -178,12 +179,12 @@ def _summary(s: Session, run: Training, result: Result) -> None:
     early = " (stopped early by a callback)" if state.stopped_early else ""
     lines = [f"training complete{limit}: {state.epoch} epochs{early}, global step {state.global_step}, "
              f"took {duration(record['seconds'])}."]
-    metrics = {k: v for k, v in record["metrics"].items() if k not in ("epoch", "lr")}
+    metrics = {k: v for k, v in result.final_metrics.items() if k not in ("epoch", "lr")}
     if metrics:
-        lr = record["metrics"].get("lr")
+        lr = result.final_metrics.get("lr")
         lines.append(f"  last epoch: {format_logs(metrics)}" + (f" - lr: {lr:g}" if lr is not None else ""))
-    if record["model"]:
-        lines.append(f"  model: {record['model']} (keras.saving.load_model reads it)")
+    if result.model:
+        lines.append(f"  model: {result.model} (keras.saving.load_model reads it)")
     if s.resume_command:
         program = s.resume_command.split(" train ", 1)[0]
         lines.append(f"  next: {program} status {shlex.quote(s.storage.root)} shows the run; the same command with a "
@@ -194,10 +195,9 @@ def _summary(s: Session, run: Training, result: Result) -> None:
 
 def _end_record(s: Session, run: Training, result: Result) -> dict:
     state = run.state
-    exported = result.completed and s.cfg.export and s.chief
     return {"epochs": state.epoch, "global_step": state.global_step,
             "seconds": round(time.monotonic() - s.started, 3), "metrics": _rounded(result.final_metrics),
-            "model": s.storage.url(MODEL_FILE) if exported else None}
+            "model": result.model}
 
 
 def _rounded(metrics: dict) -> dict:
@@ -237,8 +237,9 @@ def _restore(s: Session, run: Training) -> None:
                           global_step=state.global_step, time=time.time(), **details)
         log.info("resumed from %s/ckpt-%d at %s, lr %g", s.storage.url(CHECKPOINTS_DIR),
                  manifest["number"], state.position(run.steps), state.lr)
-        run.events.write("resume", checkpoint=manifest["number"], epoch=state.epoch, step=state.step_in_epoch,
-                         steps=run.steps, global_step=state.global_step, lr=state.lr, **details)
+        run.events.write("resume", checkpoint=manifest["number"], epoch=state.epoch + 1, step=state.step_in_epoch,
+                         steps=run.steps, global_step=state.global_step, lr=float(f"{state.lr:.7g}"),
+                         **details)
         before = manifest.get("replicas", replicas.total)
         if before != replicas.total:
             log.warning("ckpt-%d and the steps before it were written with %d replicas; this run has %d. "
@@ -299,9 +300,9 @@ def _finished(s: Session, run: Training, checkpoint: int | None) -> Result:
     """Done only once the final checkpoint is in the run dir (no kill deadline here, so the
     upload gets minutes); else a storage error: re-running on this machine uploads it."""
     ok = run.writers.flush("final", FINAL_FLUSH_TIMEOUT_S)
-    if ok and s.cfg.export and s.chief:
-        export.write_model(run.built.model, s.storage)
-    return Result(errors.DONE if ok else errors.STORAGE_ERROR, run.state, checkpoint, _last_metrics(run.state))
+    exported = ok and s.cfg.export and s.chief and export.write_model(run.built.model, s.storage)
+    return Result(errors.DONE if ok else errors.STORAGE_ERROR, run.state, checkpoint, _last_metrics(run.state),
+                  s.storage.url(MODEL_FILE) if exported else None)
 
 
 def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | None = None) -> Result:
@@ -317,7 +318,7 @@ def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | No
     if s.resume_command:
         print(f"[trainer] resume with: {s.resume_command}", flush=True)
     if run is not None:
-        at = {"epoch": state.epoch, "step": state.step_in_epoch, "steps": run.steps,
+        at = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": run.steps,
               "global_step": state.global_step} if state else {}
         run.events.write("stop", signal=distribute.signal_name(signum), **at, checkpoint=checkpoint,
                          seconds=round(took, 3), resume_command=s.resume_command or None)

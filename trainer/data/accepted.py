@@ -42,6 +42,14 @@ def _from_py_dataset(value, what: str) -> EpochBatches:
     return source
 
 
+def inputs_as_fit_reads_them(value):
+    """A list of arrays is several inputs (or outputs) to ``fit``, but one index-addressable
+    array to ArrayData: as a tuple, ArrayData reads it as fit does."""
+    if isinstance(value, list) and value and all(hasattr(item, "shape") for item in value):
+        return tuple(value)
+    return value
+
+
 def validation_from_job(value, train, what: str, batch_size: int | None = None):
     """Validation data: a source as above, or arrays ``(x[, y[, sample_weight]])`` in order, in
     batches of ``batch_size`` (fit's ``validation_batch_size``), else of the training data's batch
@@ -54,7 +62,7 @@ def validation_from_job(value, train, what: str, batch_size: int | None = None):
     if not 1 <= len(value) <= 3:
         raise ValueError(f"{what} must be (x_val, y_val) or (x_val, y_val, val_sample_weight), as for "
                          f"model.fit; got {len(value)} items")
-    arrays = value
+    arrays = [inputs_as_fit_reads_them(item) for item in value]
     if isinstance(train, ArrayData):
         return ArrayData(*arrays, batch_size=batch_size or train.batch_size, prepare=train.prepare, shuffle=False)
     return ArrayData(*arrays, batch_size=batch_size or FIT_BATCH_SIZE, shuffle=False)
