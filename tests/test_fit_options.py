@@ -123,6 +123,7 @@ def _small_model():
     (lambda tf: {"x": tf.data.Dataset.from_tensors((np.zeros((1, 2)), np.zeros(1))), "y": np.zeros(1)},
      "put them into its batches"),
     (lambda tf: {"x": ArrayData(np.zeros((2, 2)), np.zeros(2), batch_size=1)}, "give it as data="),
+    (lambda tf: {"x": {1, 2}, "y": np.zeros(2)}, "x is a set: give arrays (NumPy, tf.Tensor, or a dict or list"),
     (lambda tf: {"x": np.zeros((4, 2)), "y": np.zeros(4), "verbose": 3}, "verbose must be 'auto', 0, 1 or 2"),
 ])
 def test_fit_forms_a_run_cannot_take_are_refused_with_what_to_write(tmp_path, arguments, needle):
@@ -141,3 +142,19 @@ def test_validation_data_of_another_shape_is_refused_as_a_bad_job(tmp_path, capl
                          validation_data=(1, 2, 3, 4))
     assert result.exit_code == 2 and not (tmp_path / "run").exists()
     assert "must be (x_val, y_val) or (x_val, y_val, val_sample_weight), as for model.fit; got 4 items" in caplog.text
+
+
+def test_pandas_and_lists_of_arrays_become_what_fit_reads():
+    from trainer.data.accepted import inputs_as_fit_reads_them
+
+    class DataFrame:  # stands in for pandas's (not installed here): fit reads it as its NumPy array
+        def __init__(self, values):
+            self.values, self.shape = values, values.shape
+
+        def to_numpy(self):
+            return self.values
+    DataFrame.__module__ = "pandas.core.frame"
+    a, b = np.zeros((3, 2)), np.ones((3, 1))
+    assert inputs_as_fit_reads_them(DataFrame(a)) is a
+    assert inputs_as_fit_reads_them([a, DataFrame(b)]) == (a, b)
+    assert inputs_as_fit_reads_them([1, 2]) == [1, 2]  # a list of examples stays one array

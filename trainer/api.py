@@ -127,7 +127,6 @@ def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data,
     stay arrays: the job's path batches them as fit does (``validation_from_job``)."""
     import keras
     import tensorflow as tf
-    _check_x(x)
     if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
         extra = [k for k, v in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size)) if v is not None]
         if extra:
@@ -137,8 +136,11 @@ def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data,
             raise ValueError(f"validation_split needs arrays (as with model.fit); x is a {type(x).__name__}: "
                              "give validation_data=(x_val, y_val) or a validation dataset instead")
         return x, validation_data
+    _check_x(x)
     if not isinstance(shuffle, bool):
-        raise ValueError(f"shuffle must be True or False for arrays, got {shuffle!r}")
+        raise ValueError(f"shuffle must be True or False for arrays, got {shuffle!r} (fit's \"batch\" shuffles "
+                         "HDF5 data in batch-sized chunks; here shuffle=True reads any index-addressable data, h5py "
+                         "datasets included, in a permutation drawn from the seed and the epoch)")
     arrays = tuple(inputs_as_fit_reads_them(a) for a in (x, y, sample_weight))
     if validation_split and validation_data is None:
         arrays, held_out = _split(arrays, validation_split)
@@ -156,6 +158,10 @@ def _check_x(x) -> None:
                          "(re-iterated every epoch), or a keras.utils.PyDataset")
     if isinstance(x, (ArrayData, EpochBatches)):
         raise ValueError(f"x is a {type(x).__name__}: give it as data=... (what a job's build_data returns)")
+    if not isinstance(x, (dict, list, tuple)) and not hasattr(x, "__getitem__"):
+        raise ValueError(f"x is a {type(x).__name__}: give arrays (NumPy, tf.Tensor, or a dict or list of them), "
+                         "a tf.data.Dataset or a keras.utils.PyDataset (e.g. a PyDataset whose __getitem__ returns "
+                         "the loader's i-th batch)")
 
 
 def _split(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:

@@ -43,10 +43,13 @@ def _from_py_dataset(value, what: str) -> EpochBatches:
 
 
 def inputs_as_fit_reads_them(value):
-    """A list of arrays is several inputs (or outputs) to ``fit``, but one index-addressable
-    array to ArrayData: as a tuple, ArrayData reads it as fit does."""
+    """Arrays as ``fit`` reads them, for ArrayData: a list of arrays is several inputs (or outputs),
+    so a tuple (to ArrayData a list is one index-addressable array); a pandas DataFrame or Series
+    is its NumPy array (indexing one by position would select a column)."""
     if isinstance(value, list) and value and all(hasattr(item, "shape") for item in value):
-        return tuple(value)
+        return tuple(inputs_as_fit_reads_them(item) for item in value)
+    if type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "to_numpy"):
+        return value.to_numpy()
     return value
 
 
