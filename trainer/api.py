@@ -128,7 +128,8 @@ def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data,
     import keras
     import tensorflow as tf
     if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
-        extra = [k for k, v in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size)) if v is not None]
+        extra = [k for k, v in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size))
+                 if v is not None]
         if extra:
             raise ValueError(f"x is a {type(x).__name__}: it brings its own labels and batches, so "
                              f"{', '.join(extra)} cannot be given (as with model.fit); put them into its batches")

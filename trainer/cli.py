@@ -1,9 +1,10 @@
 """Command line: ``python -m trainer {train,verify,lr,status,export,jobs}`` (or the ``trainer`` script).
 
-``--help`` is plain text: :class:`PlainHelp` drops the backquotes a job's help may carry. The only place that parses flags. ``train`` parses in two stages: ``--job``
+The only place that parses flags. ``train`` parses in two stages: ``--job``
 first, then the trainer's flags together with the flags generated from the
 job's ``Settings`` dataclass (so ``--help`` lists them). Expected errors are
-shown and mapped to exit codes by ``trainer.errors.report``.
+shown and mapped to exit codes by ``trainer.errors.report``. ``--help`` is
+plain text: :class:`PlainHelp` drops the backquotes a job's help may carry.
 """
 from __future__ import annotations
 
