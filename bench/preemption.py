@@ -51,7 +51,7 @@ def ours(args, rng, tmp) -> dict:
     ref, run = os.path.join(tmp, "ours-ref"), os.path.join(tmp, "ours-run")
     done = subprocess.run(trainer_cmd("train", "--run-dir", ref, *flags), cwd=ROOT, env=ENV, check=True,
                           capture_output=True, text=True)
-    total = int(re.search(r"global step (\d+), final", done.stdout).group(1))
+    total = int(re.search(r"training complete: \d+ epochs, global step (\d+),", done.stdout).group(1))
     cmd = trainer_cmd("train", "--run-dir", run, *flags)
     executed, last = 0, 0
     for target in sorted(rng.sample(range(1, total), args.interrupts)):

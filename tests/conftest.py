@@ -1,5 +1,9 @@
 import fcntl
 import os
+
+# The suite reads the machine lines (STEP/EPOCH) from stdout; subprocesses inherit this. Tests of
+# the human output set the format themselves.
+os.environ.setdefault("TRAINER_LOG_FORMAT", "json")
 import shutil
 from collections import defaultdict
 from pathlib import Path

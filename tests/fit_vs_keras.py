@@ -94,6 +94,9 @@ def main(root: Path) -> dict:
                                "our_history": ours.keras_history,
                                "weights_equal_fit": same_weights(model.get_weights(), exported.get_weights())}
 
+    out.update(dataset_and_validation_arrays(root, x, y, vx, vy))
+    out["dict_x"], out["list_x"] = several_inputs(root, "dict"), several_inputs(root, "list")
+
     images = vae_job.images(vae_job.Settings(examples=64))
     vae, vae_history = keras_fit(lambda: vae_job.build_model(None), images, batch_size=32, epochs=2)
     calls = Calls()
@@ -102,6 +105,44 @@ def main(root: Path) -> dict:
     out["vae"] = {"exit_code": ours.exit_code, "fit_history": vae_history, "our_history": ours.keras_history,
                   "callbacks_saw": calls.seen}
     return out
+
+
+def dataset_and_validation_arrays(root: Path, x, y, vx, vy) -> dict:
+    """A tf.data pipeline with validation arrays: fit batches the arrays by validation_batch_size,
+    else 32; so must trainer.fit (x=dataset) and a job (build_data's (dataset, (vx, vy)))."""
+    def dataset():
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(20)
+    out = {}
+    for name, extra in (("dataset_validation", {}), ("dataset_validation_batch_size", {"validation_batch_size": 7})):
+        model, fit_history = keras_fit(classifier, dataset(), epochs=2, validation_data=(vx, vy), **extra)
+        as_fit = trainer.fit(str(root / name / "fit"), model=classifier, x=dataset(), epochs=2,
+                             validation_data=(vx, vy), quiet=True, tensorboard=False, **extra)
+        as_job = trainer.fit(str(root / name / "job"), model=classifier, data=(dataset(), (vx, vy)), epochs=2,
+                             quiet=True, tensorboard=False, **extra)
+        out[name] = {"exit_codes": [as_fit.exit_code, as_job.exit_code], "fit_history": fit_history,
+                     "histories": [as_fit.keras_history, as_job.keras_history]}
+    return out
+
+
+def several_inputs(root: Path, kind: str) -> dict:
+    """A dict (``kind`` "dict") or a list ("list") of arrays as x, for a model with two inputs, as
+    fit takes them."""
+    def build():
+        a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+        hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
+        model = keras.Model({"a": a, "b": b} if kind == "dict" else [a, b],
+                            keras.layers.Dense(3, activation="softmax")(hidden))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+    x, y = arrays(120, 2)
+    inputs = {"a": x[:, :3], "b": x[:, 3:]} if kind == "dict" else [x[:, :3], x[:, 3:]]
+    common = dict(batch_size=16, epochs=2, validation_split=0.25)
+    model, fit_history = keras_fit(build, inputs, y, **common)
+    ours = trainer.fit(str(root / kind), model=build, x=inputs, y=y, shuffle=False, quiet=True,
+                       tensorboard=False, **common)
+    exported = keras.models.load_model(root / kind / "model.keras")
+    return {"exit_code": ours.exit_code, "fit_history": fit_history, "our_history": ours.keras_history,
+            "weights_equal_fit": same_weights(model.get_weights(), exported.get_weights())}
 
 
 if __name__ == "__main__":

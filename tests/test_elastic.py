@@ -73,7 +73,7 @@ def test_replica_count_changes_keep_the_global_order_exactly_once(tmp_path, sing
     assert code == 128 + signal.SIGTERM and "were written with 2 replicas; this run has 1" in out, out
     done = helpers.run(_args(tmp_path, "run", "epoch_batches", "--cpu-devices", "3"))
     assert done.returncode == 0, done.stderr
-    assert "MirroredStrategy with 3 replica(s)" in done.stderr and "this run has 3" in done.stderr
+    assert "MirroredStrategy over 3 CPU devices" in done.stderr and "this run has 3" in done.stderr
     _assert_same_examples(tmp_path / "run.txt", single, [2, 1, 3])
 
 

@@ -37,6 +37,16 @@ def test_trainer_fit_equals_model_fit(tmp_path):
     assert split["exit_code"] == 0 and split["weights_equal_fit"]
     assert split["our_history"] == split["fit_history"] and len(split["fit_history"]["val_loss"]) == 2
 
+    for name in ("dataset_validation", "dataset_validation_batch_size"):  # validation arrays, a tf.data source
+        case = out[name]
+        assert case["exit_codes"] == [0, 0], name
+        assert case["histories"] == [case["fit_history"]] * 2, name  # trainer.fit, and a job's build_data
+        assert len(case["fit_history"]["val_loss"]) == 2
+    for name in ("dict_x", "list_x"):  # several inputs as a dict and as a list of arrays
+        case = out[name]
+        assert case["exit_code"] == 0 and case["weights_equal_fit"], name
+        assert case["our_history"] == case["fit_history"] and "val_loss" in case["fit_history"], name
+
     vae = out["vae"]  # the keras.io VAE through job=..., callbacks=[...]
     assert vae["exit_code"] == 0
     assert vae["our_history"].keys() == vae["fit_history"].keys() == VAE_LOGS

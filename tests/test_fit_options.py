@@ -1,5 +1,7 @@
 """Unit tests of the fit arguments a job may give: class_weight's per-example weights against
 Keras's own rule, and the checks of class_weight and validation_freq."""
+import re
+
 import numpy as np
 import pytest
 from keras.src.trainers.data_adapters.data_adapter_utils import class_weight_to_sample_weights
@@ -75,6 +77,7 @@ def test_class_weight_on_a_plain_pipeline_keeps_its_iterator_checkpointed():
     ({"validation_freq": 0}, "validation_freq must be a positive integer"),
     ({"validation_freq": [1, "2"]}, "validation_freq must be a positive integer"),
     ({"batch_size": 32}, "batch_size cannot be given here"),
+    ({"validation_batch_size": 0}, "validation_batch_size must be a positive integer"),
 ])
 def test_bad_fit_arguments_are_named(kwargs, needle):
     with pytest.raises(fit_options.FitOptionError, match="job j: fit_kwargs") as err:
@@ -104,3 +107,54 @@ def test_class_weight_refuses_batches_fit_refuses(structure, needle):
     with pytest.raises(fit_options.FitOptionError) as err:
         source.dataset(0, 0, 0, SINGLE)
     assert needle in str(err.value)
+
+
+def _small_model():
+    import keras
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    return model
+
+
+@pytest.mark.parametrize("arguments, needle", [
+    (lambda tf: {"x": (b for b in [])}, "Give data=trainer.EpochBatches("),
+    (lambda tf: {"x": tf.data.Dataset.from_tensors((np.zeros((1, 2)), np.zeros(1))), "validation_split": 0.2},
+     "give validation_data=(x_val, y_val) or a validation dataset instead"),
+    (lambda tf: {"x": tf.data.Dataset.from_tensors((np.zeros((1, 2)), np.zeros(1))), "y": np.zeros(1)},
+     "put them into its batches"),
+    (lambda tf: {"x": ArrayData(np.zeros((2, 2)), np.zeros(2), batch_size=1)}, "give it as data="),
+    (lambda tf: {"x": {1, 2}, "y": np.zeros(2)}, "x is a set: give arrays (NumPy, tf.Tensor, or a dict or list"),
+    (lambda tf: {"x": np.zeros((4, 2)), "y": np.zeros(4), "verbose": 3}, "verbose must be 'auto', 0, 1 or 2"),
+])
+def test_fit_forms_a_run_cannot_take_are_refused_with_what_to_write(tmp_path, arguments, needle):
+    """Each refusal says what to give instead, and nothing is written."""
+    import tensorflow as tf
+
+    import trainer
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        trainer.fit(str(tmp_path / "run"), model=_small_model, epochs=1, **arguments(tf))
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_data_of_another_shape_is_refused_as_a_bad_job(tmp_path, caplog):
+    import trainer
+    result = trainer.fit(str(tmp_path / "run"), model=_small_model, epochs=1, x=np.zeros((4, 2)), y=np.zeros(4),
+                         validation_data=(1, 2, 3, 4))
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+    assert "must be (x_val, y_val) or (x_val, y_val, val_sample_weight), as for model.fit; got 4 items" in caplog.text
+
+
+def test_pandas_and_lists_of_arrays_become_what_fit_reads():
+    from trainer.data.accepted import inputs_as_fit_reads_them
+
+    class DataFrame:  # stands in for pandas's (not installed here): fit reads it as its NumPy array
+        def __init__(self, values):
+            self.values, self.shape = values, values.shape
+
+        def to_numpy(self):
+            return self.values
+    DataFrame.__module__ = "pandas.core.frame"
+    a, b = np.zeros((3, 2)), np.ones((3, 1))
+    assert inputs_as_fit_reads_them(DataFrame(a)) is a
+    assert inputs_as_fit_reads_them([a, DataFrame(b)]) == (a, b)
+    assert inputs_as_fit_reads_them([1, 2]) == [1, 2]  # a list of examples stays one array

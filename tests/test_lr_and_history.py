@@ -86,7 +86,7 @@ def test_live_lr_change_applies_at_a_step_boundary_exactly_once(tmp_path, replic
     out += _read_until(proc, "learning rate 0.05 -> 0.02 (live")
     assert out.splitlines()[-1].endswith("at epoch 1 step 21/32 (global step 21))"), out[-500:]
     out += helpers.gated_stop(proc, gate, 30)
-    assert f"with {replicas} replica(s)" in out
+    assert (f"MirroredStrategy over {replicas} CPU devices" if replicas > 1 else "; 1 CPU\n") in out
     assert (run_dir / "lr_override.consumed").exists() and not (run_dir / "lr_override").exists()
 
     final = helpers.run([*base, "--gate", str(gate.path), "--epochs", "3"])

@@ -91,7 +91,7 @@ def test_metrics_over_replicas_equal_model_fit_under_the_same_strategy(tmp_path)
     done = subprocess.run([sys.executable, "-c", FIT_SCRIPT, str(tmp_path / "run"), str(tmp_path / "fit.npz")],
                           cwd=helpers.ROOT, env=helpers.env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "MirroredStrategy with 2 replica(s)" in done.stderr
+    assert "MirroredStrategy over 2 CPU devices" in done.stderr
     fit = json.loads(done.stdout.strip().splitlines()[-1])
     ours = json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]
     keys = ["loss", "accuracy", "top2", "val_loss", "val_accuracy", "val_top2"]

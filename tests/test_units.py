@@ -274,7 +274,8 @@ def test_progress_writes_each_line_in_one_write():
             pass
 
     stream, state = Stream(), TrainerState(global_step=3, step_in_epoch=3)
-    progress = Progress(state, steps_per_epoch=4, epochs=1, quiet=False, log_every_steps=1, stream=stream)
+    progress = Progress(state, steps_per_epoch=4, epochs=1, quiet=False, log_every_steps=1, stream=stream,
+                        machine=True)
     progress.epoch_begin(0)
     progress.step({"loss": 0.5}, steps_done=1)
     progress.epoch_end(0, {"loss": 0.5})

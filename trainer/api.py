@@ -23,17 +23,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import threading
 import types
 
 from . import job as job_mod
-from .config import ConfigError, TrainConfig, current_names
-from .data.sources import ArrayData
+from .config import ConfigError, TrainConfig, current_names, log_format_from
+from .data.accepted import FIT_BATCH_SIZE, inputs_as_fit_reads_them
+from .data.sources import ArrayData, EpochBatches
 from .errors import TrainerError, report
 from .run import Result, train
 from .steering.signals import StopRequest
-
-FIT_DEFAULT_BATCH_SIZE = 32  # model.fit's, when x is arrays and no batch_size is given
 
 # model.fit arguments with no meaning for a run that resumes itself, and what to do instead
 NOT_TAKEN = {
@@ -54,14 +54,15 @@ def fit(run_dir: str, job=None, *, model=None, x=None, y=None, batch_size: int |
     the function for an exact resume in a new process). ``x``, ``y``, ``sample_weight``,
     ``batch_size``, ``shuffle``, ``validation_data``, ``validation_split``,
     ``validation_batch_size``, ``class_weight``, ``validation_freq``, ``callbacks``,
-    ``epochs``: as for ``model.fit`` (arrays become :class:`trainer.ArrayData`; a
-    ``tf.data.Dataset`` or ``keras.utils.PyDataset`` as ``x`` is used as is).
+    ``epochs``: as for ``model.fit`` (arrays, or a dict or list of arrays, become
+    :class:`trainer.ArrayData`; a ``tf.data.Dataset`` or ``keras.utils.PyDataset`` as ``x``
+    is used as is; docs/reference/fit-compatibility.md lists every argument).
     ``data``: instead of ``x``..., what a job's ``build_data`` returns.
     ``job``: a job file path, a module name, an imported module (or None for the
     default job) instead of ``model``; ``settings``: its settings (a dict or a
     Settings instance); ``callbacks``, ``class_weight`` and ``validation_freq`` apply
     to it too. ``verbose=0`` is ``quiet=True``; ``options``: any TrainConfig field
-    (``save_every_steps=50``, ``log_every_steps=1``, ...).
+    (``save_every_steps=50``, ``log_every_steps=1``, ``log_format="json"``, ...).
 
     Returns the run's Result; an expected failure is returned as its exit code, not raised
     (see the module's docstring).
@@ -70,20 +71,22 @@ def fit(run_dir: str, job=None, *, model=None, x=None, y=None, batch_size: int |
     if refused:
         raise TypeError("trainer.fit does not take " + "; ".join(f"{k} ({NOT_TAKEN[k]})" for k in refused))
     array_args = {"x": x, "y": y, "sample_weight": sample_weight, "batch_size": batch_size,
-                  "validation_data": validation_data, "validation_split": validation_split or None,
-                  "validation_batch_size": validation_batch_size}
+                  "validation_data": validation_data, "validation_split": validation_split or None}
     given = [k for k, v in array_args.items() if v is not None]
     if verbose == 0:
         options.setdefault("quiet", True)
+    elif verbose not in (None, "auto", 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, as for model.fit; got {verbose!r}")
     if not logging.getLogger().handlers:
         from .cli import setup_logging
         setup_logging()
     try:
         loaded = _load(job, model, data, given, lambda: _data_from_arrays(
-            x, y, sample_weight, batch_size, shuffle, validation_data, validation_split, validation_batch_size))
+            x, y, sample_weight, batch_size, shuffle, validation_data, validation_split))
         loaded.extra_callbacks = list(callbacks or [])
-        loaded.fit_overrides = {k: v for k, v in (("class_weight", class_weight),
-                                                  ("validation_freq", validation_freq)) if v is not None}
+        loaded.fit_overrides = {k: v for k, v in (("class_weight", class_weight), ("validation_freq", validation_freq),
+                                                  ("validation_batch_size", validation_batch_size)) if v is not None}
+        options.setdefault("log_format", log_format_from(os.environ))
         cfg = _config(run_dir, loaded, preset, settings, epochs, options)
     except TrainerError as exc:
         return Result(report(exc))
@@ -119,39 +122,47 @@ def _config(run_dir: str, loaded: job_mod.Job, preset: str | None, settings, epo
     return TrainConfig(run_dir, epochs=epochs, **current_names(options))
 
 
-def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data, validation_split,
-                      validation_batch_size):
-    """``model.fit``'s data arguments as a job's data: (training, validation)."""
+def _data_from_arrays(x, y, sample_weight, batch_size, shuffle, validation_data, validation_split):
+    """``model.fit``'s data arguments as a job's data: (training, validation). Validation arrays
+    stay arrays: the job's path batches them as fit does (``validation_from_job``)."""
     import keras
     import tensorflow as tf
-    validation_batch_size = validation_batch_size or batch_size or FIT_DEFAULT_BATCH_SIZE
     if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
-        extra = [k for k, v in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size),
-                                ("validation_split", validation_split or None)) if v is not None]
+        extra = [k for k, v in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size))
+                 if v is not None]
         if extra:
             raise ValueError(f"x is a {type(x).__name__}: it brings its own labels and batches, so "
-                             f"{', '.join(extra)} cannot be given (as with model.fit)")
-        train_data = x
-    else:
-        if not isinstance(shuffle, bool):
-            raise ValueError(f"shuffle must be True or False for arrays, got {shuffle!r}")
-        arrays = (x, y, sample_weight)
-        if validation_split and validation_data is None:
-            arrays, held_out = _split(arrays, validation_split)
-            validation_data = ArrayData(*held_out, batch_size=validation_batch_size, shuffle=False)
-        train_data = ArrayData(*arrays, batch_size=batch_size or FIT_DEFAULT_BATCH_SIZE, shuffle=shuffle)
-    return train_data, _validation(validation_data, validation_batch_size)
+                             f"{', '.join(extra)} cannot be given (as with model.fit); put them into its batches")
+        if validation_split:
+            raise ValueError(f"validation_split needs arrays (as with model.fit); x is a {type(x).__name__}: "
+                             "give validation_data=(x_val, y_val) or a validation dataset instead")
+        return x, validation_data
+    _check_x(x)
+    if not isinstance(shuffle, bool):
+        raise ValueError(f"shuffle must be True or False for arrays, got {shuffle!r} (fit's \"batch\" shuffles "
+                         "HDF5 data in batch-sized chunks; here shuffle=True reads any index-addressable data, h5py "
+                         "datasets included, in a permutation drawn from the seed and the epoch)")
+    arrays = tuple(inputs_as_fit_reads_them(a) for a in (x, y, sample_weight))
+    if validation_split and validation_data is None:
+        arrays, held_out = _split(arrays, validation_split)
+        validation_data = tuple(held_out[:2]) if held_out[2] is None else held_out
+    return ArrayData(*arrays, batch_size=batch_size or FIT_BATCH_SIZE, shuffle=shuffle), validation_data
 
 
-def _validation(value, batch_size: int):
-    """``validation_data`` arrays ``(x_val, y_val[, val_sample_weight])`` as ArrayData; anything else as is."""
-    import tensorflow as tf
-    if not isinstance(value, (tuple, list)) or not value or isinstance(value[0], tf.data.Dataset):
-        return value
-    if not 2 <= len(value) <= 3:
-        raise ValueError("validation_data must be (x_val, y_val) or (x_val, y_val, val_sample_weight), as for "
-                         f"model.fit; got {len(value)} items")
-    return ArrayData(*value, batch_size=batch_size, shuffle=False)
+def _check_x(x) -> None:
+    """Refuse the forms of ``x`` that fit takes but a resumable run cannot, saying what to give instead."""
+    import collections.abc
+    if isinstance(x, (types.GeneratorType, collections.abc.Iterator)):
+        raise ValueError("x is a generator (or iterator): it can be read only once, so no epoch can be repeated "
+                         "or resumed. Give data=trainer.EpochBatches(lambda epoch, start_step, seed: <that epoch's "
+                         "batches from start_step on>, steps_per_epoch=N), or x=tf.data.Dataset.from_generator(...) "
+                         "(re-iterated every epoch), or a keras.utils.PyDataset")
+    if isinstance(x, (ArrayData, EpochBatches)):
+        raise ValueError(f"x is a {type(x).__name__}: give it as data=... (what a job's build_data returns)")
+    if not isinstance(x, (dict, list, tuple)) and not hasattr(x, "__getitem__"):
+        raise ValueError(f"x is a {type(x).__name__}: give arrays (NumPy, tf.Tensor, or a dict or list of them), "
+                         "a tf.data.Dataset or a keras.utils.PyDataset (e.g. a PyDataset whose __getitem__ returns "
+                         "the loader's i-th batch)")
 
 
 def _split(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:

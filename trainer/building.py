@@ -49,7 +49,8 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         train_raw, val_raw = raw if isinstance(raw, tuple) and len(raw) == 2 else (raw, None)
         try:
             train = accepted.from_job(train_raw, f"job {job.label}: build_data's training data")
-            validation = accepted.validation_from_job(val_raw, train, f"job {job.label}: build_data's validation data")
+            validation = accepted.validation_from_job(val_raw, train, f"job {job.label}: build_data's validation data",
+                                                      job.fit_options().validation_batch_size)
         except ValueError as exc:
             raise JobError(str(exc)) from exc
         if train is None:

@@ -3,7 +3,8 @@
 The only place that parses flags. ``train`` parses in two stages: ``--job``
 first, then the trainer's flags together with the flags generated from the
 job's ``Settings`` dataclass (so ``--help`` lists them). Expected errors are
-shown and mapped to exit codes by ``trainer.errors.report``.
+shown and mapped to exit codes by ``trainer.errors.report``. ``--help`` is
+plain text: :class:`PlainHelp` drops the backquotes a job's help may carry.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 
 from . import rundir
-from .config import ConfigError, TrainConfig
+from .config import LOG_FORMATS, ConfigError, TrainConfig, log_format_from
 from .errors import TrainerError, report
 from .steering.signals import StopRequest, ignore_from_now_on
 
@@ -24,7 +26,24 @@ PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
 TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "snapshot_on_device",
                  "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_seconds",
-                 "quiet", "log_every_steps", "tensorboard", "export", "max_steps")
+                 "quiet", "log_every_steps", "log_format", "tensorboard", "export", "max_steps")
+DESCRIPTION = ("Train a Keras job that can be stopped at any moment and resumed exactly. "
+               "Run a command with --help for its flags.")
+
+
+class PlainHelp(argparse.HelpFormatter):
+    """Help as plain text: the backquotes of reStructuredText or Markdown (in a job's own help
+    texts) are dropped, the words kept."""
+
+    def _expand_help(self, action):
+        return _plain(super()._expand_help(action))
+
+    def _format_text(self, text):
+        return super()._format_text(_plain(text))
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"`{1,2}([^`]*)`{1,2}", r"\1", text)
 
 
 def _json_object(text: str) -> dict:
@@ -50,10 +69,11 @@ def _add_verbose_flag(p: argparse.ArgumentParser) -> None:
 
 def train_parser(job=None) -> argparse.ArgumentParser:
     """The ``train`` flags; with ``job``, also the job's presets and settings."""
-    t = argparse.ArgumentParser(prog=f"{PROG} train", description="Start a run, or resume it from its "
-                                "latest checkpoint. Re-running the same command always resumes.")
+    t = argparse.ArgumentParser(prog=f"{PROG} train", formatter_class=PlainHelp,
+                                description="Start a run, or resume it from its latest checkpoint. "
+                                            "Re-running the same command always resumes.")
     t.add_argument("--run-dir", required=True, help="local folder or fsspec URL (gs://, s3://, ...)")
-    t.add_argument("--job", default=None, help="an example's name (`trainer jobs` lists them), a job file "
+    t.add_argument("--job", default=None, help=f"an example's name ({PROG} jobs lists them), a job file "
                                                "(path/to/job.py) or a module (mypkg.jobs.cifar); default: "
                                                "fashion_mnist")
     presets = list(job.presets) if job else []
@@ -64,7 +84,7 @@ def train_parser(job=None) -> argparse.ArgumentParser:
                    help="start over; an existing local run is moved to <run-dir>.bak-<time>")
     t.add_argument("--from", dest="rollback_to", default=None, metavar="ckpt-N|epoch-E",
                    help="go back to this kept snapshot first: later checkpoints and the history move to "
-                        "<run-dir>/archive/ (see `status` for the milestones)")
+                        "<run-dir>/archive/ (the status command lists the milestones)")
     for flag, kind, helptext in (
             ("--epochs", int, "total epochs of the run (default: the preset's or the job's EPOCHS)"),
             ("--seed", int, "seeds the model's initial weights and every epoch's order (default 42)"),
@@ -75,10 +95,11 @@ def train_parser(job=None) -> argparse.ArgumentParser:
             ("--save-every-seconds", float, "also save every T seconds (default 120)"),
             ("--max-to-keep", int, "newest committed checkpoints to keep (>= 2, default 3)"),
             ("--keep-every-epochs", int, "keep the checkpoint of every N-th epoch for good (default 5)"),
-            ("--lr-poll-seconds", float, "how often a running run looks for `lr` requests (default 10)"),
-            ("--log-every-steps", int, "print a STEP line every N steps (for log files)"),
+            ("--lr-poll-seconds", float, "how often a running run looks for the lr command's requests (default 10)"),
+            ("--log-every-steps", int, "also report every N-th step: a line in a log file, a STEP line with "
+                                     "--log-format json (a terminal's progress bar shows every step)"),
             ("--max-steps", int, "end the run once global step N is done, with a checkpoint, as if its "
-                                 "epochs ended there (a later start may raise it; `verify` bounds its runs so)"),
+                                 "epochs ended there (a later start may raise it; verify bounds its runs so)"),
             ("--staging-dir", str, "local folder for checkpoints of a remote run dir")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
     t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_seconds", type=float,
@@ -93,7 +114,12 @@ def train_parser(job=None) -> argparse.ArgumentParser:
                         "one more copy of the model and optimizer state in its memory; default: host memory)")
     t.add_argument("--no-export", dest="export", action="store_false", default=None,
                    help="do not write <run-dir>/model.keras at the end")
-    t.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    t.add_argument("--quiet", action="store_true", default=None,
+                   help="no progress bar or epoch lines (with --log-format json: no bar, EPOCH lines still)")
+    t.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                   help="human (default): Keras's progress bar in a terminal, one line per epoch in a log "
+                        "file; json: STEP and EPOCH JSON lines on stdout, for scripts (default: "
+                        "$TRAINER_LOG_FORMAT, else human). Either way <run-dir>/events.jsonl gets them")
     _add_verbose_flag(t)
     if job is not None and job.settings_cls is not None:
         from .settings import add_flags
@@ -103,13 +129,13 @@ def train_parser(job=None) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=PlainHelp)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="start or resume training (`train --help` lists its flags)", add_help=False)
+    sub.add_parser("train", help="start or resume training (train --help lists its flags)", add_help=False)
     sub.add_parser("verify", help="prove that a job resumes exactly: run it, stop it, compare "
-                                  "(`verify --help` lists its flags)", add_help=False)
+                                  "(verify --help lists its flags)", add_help=False)
 
-    lr = sub.add_parser("lr", help="change a run's learning rate",
+    lr = sub.add_parser("lr", formatter_class=PlainHelp, help="change a run's learning rate",
                         description="Request a learning-rate change: a run that is training applies it at "
                                     "a step boundary within --lr-poll-seconds (10 s by default); a stopped "
                                     "run applies it when it resumes.")
@@ -122,12 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "without it such a path is refused, so a typo cannot swallow the request")
     _add_storage_flag(lr)
 
-    st = sub.add_parser("status", help="show where a run is")
+    st = sub.add_parser("status", formatter_class=PlainHelp, help="show where a run is")
     st.add_argument("run_dir")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     _add_storage_flag(st)
 
-    ex = sub.add_parser("export", help="write a kept checkpoint as a .keras model file")
+    ex = sub.add_parser("export", formatter_class=PlainHelp, help="write a kept checkpoint as a .keras model file")
     ex.add_argument("run_dir")
     ex.add_argument("out", help="where to write it, e.g. model.keras (a local path or fsspec URL)")
     ex.add_argument("--from", dest="source", default=None, metavar="ckpt-N|epoch-E",
@@ -135,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storage_flag(ex)
     _add_verbose_flag(ex)
 
-    jobs = sub.add_parser("jobs", help="list the example jobs (names for --job) and their files",
+    jobs = sub.add_parser("jobs", formatter_class=PlainHelp,
+                          help="list the example jobs (names for --job) and their files",
                           description="The example jobs that come with the package: their names (for "
-                                      "`train --job NAME`) and their files, to copy one as your own job.")
+                                      "train --job NAME) and their files, to copy one as your own job.")
     jobs.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -202,6 +229,7 @@ def parse_train(argv: list[str]):
     _, preset_epochs = job.choose(args.preset, job_values)
     overrides = {k: getattr(args, k) for k in TRAINER_FLAGS if getattr(args, k) is not None}
     overrides.setdefault("epochs", preset_epochs)
+    overrides.setdefault("log_format", log_format_from(os.environ))
     if overrides["epochs"] is None:
         raise ConfigError("epochs", f"job {job.label} sets no default number of epochs",
                           "pass --epochs N, or set EPOCHS in the job")

@@ -42,6 +42,9 @@ IDENTITY_FIELDS = ("seed",)
 # --strategy's choices (trainer.cluster.distribute builds them): named here so that validating a
 # config does not import TensorFlow
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+# --log-format's choices: words and Keras's progress for people, STEP/EPOCH JSON lines for scripts
+LOG_FORMATS = ("human", "json")
+LOG_FORMAT_ENV = "TRAINER_LOG_FORMAT"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TrainConfig:
     flush_timeout_seconds: float = 20.0  # a stop waits this long for uploads: keep it under SLURM's KillWait (30 s)
     quiet: bool = False
     log_every_steps: int | None = None
+    log_format: str = "human"           # "json": STEP/EPOCH lines on stdout instead of Keras's progress
     tensorboard: bool = True
     export: bool = True                 # write <run-dir>/model.keras at the end
     max_steps: int | None = None        # end after this global step, as if the epochs ended there (verify)
@@ -78,6 +82,8 @@ class TrainConfig:
             raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError("strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.cpu_devices is not None and self.strategy in ("default", "multi-worker"):
             raise ConfigError("cpu_devices", f"trains one process over N logical CPU devices with "
                               f"MirroredStrategy; it cannot be combined with --strategy {self.strategy}",
@@ -108,6 +114,15 @@ class TrainConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.pop("storage_options")  # may hold credentials
         return data
+
+
+def log_format_from(environ) -> str:
+    """The output format ``$TRAINER_LOG_FORMAT`` asks for (``human`` when unset); a bad value names
+    the variable."""
+    value = environ.get(LOG_FORMAT_ENV) or "human"
+    if value not in LOG_FORMATS:
+        raise ConfigError("log_format", f"${LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return value
 
 
 def dumps(data: dict) -> str:

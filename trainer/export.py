@@ -39,8 +39,9 @@ def save_local(model, path: str) -> None:
             os.remove(tmp)
 
 
-def write_model(model, storage, rel: str = MODEL_FILE) -> None:
-    """``model`` as ``<run-dir>/<rel>``; a failure is a warning (the checkpoints hold everything)."""
+def write_model(model, storage, rel: str = MODEL_FILE) -> bool:
+    """``model`` as ``<run-dir>/<rel>``; a failure is a warning (the checkpoints hold everything)
+    and returns False."""
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         try:
@@ -50,8 +51,9 @@ def write_model(model, storage, rel: str = MODEL_FILE) -> None:
             log.warning("could not export the model to %s: %s (the checkpoints are intact; "
                         "`python -m trainer export` retries)", storage.url(rel),
                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
-            return
+            return False
     log.info("model exported to %s", storage.url(rel))
+    return True
 
 
 def rebuild_and_save(storage: Storage, config: dict, manifest: dict, out: str) -> int:

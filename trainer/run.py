@@ -8,9 +8,9 @@ returns their exit code.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 
@@ -24,14 +24,15 @@ from .config import TrainConfig
 from .data.streaming import StreamingData
 from .errors import TrainerError, report
 from .job import Job
-from .rundir import CHECKPOINTS_DIR
+from .rundir import CHECKPOINTS_DIR, EVENTS_FILE, MODEL_FILE, local_dir
 from .session import Session, open_session, prepare_run_dir
 from .steering.signals import StopRequest
+from .training.events import NO_EVENTS, Events
 from .training.history import HistoryWriter
 from .training.history_format import RECORD_FIELDS, add_event
 from .training.loop import Interrupted, Loop
 from .training.lr_change import Steering
-from .training.progress import Progress
+from .training.progress import Progress, format_logs
 from .training.saver import CheckpointContents, Saver, SaveSchedule
 from .training.state import TrainerState
 from .training.writers import Writers
@@ -50,6 +51,7 @@ class Result:
     state: TrainerState | None = None
     checkpoint: int | None = None
     final_metrics: dict = field(default_factory=dict)
+    model: str | None = None  # where the model was exported (model.keras), if it was
 
     @property
     def completed(self) -> bool:
@@ -80,6 +82,7 @@ class Training:
     writers: Writers
     went_back: dict | None  # the record of a rollback made at this start
     built_at: float         # time.monotonic() once the job was built: restoring is timed from here
+    events: Events = NO_EVENTS  # the chief's events.jsonl
     state: TrainerState | None = None
     saver: Saver | None = None
     steering: Steering | None = None
@@ -116,7 +119,8 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
     store = CheckpointStore(built.groups, s.storage, s.checkpoint_dir(), cfg.max_to_keep, writes=s.chief,
                             on_device=cfg.snapshot_on_device, holds_replica_zero=s.cluster.replicas.first == 0)
     run = Training(built, store, Writers(store, HistoryWriter(s.storage) if s.chief else None,
-                                         cfg.flush_timeout_seconds), went_back, built_at)
+                                         cfg.flush_timeout_seconds), went_back, built_at,
+                   Events(local_dir(s.storage, EVENTS_FILE, cfg.staging_dir)) if s.chief else NO_EVENTS)
     try:
         return _run(s, run)
     except PEER_ERRORS as exc:
@@ -129,6 +133,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
     finally:
         s.requests.close()
         run.writers.close()
+        run.events.close()
 
 
 def _build(s: Session) -> Built:
@@ -151,7 +156,9 @@ def _run(s: Session, run: Training) -> Result:
         print(f"training already complete: {why} (global step {state.global_step}); nothing to do."
               + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
         _begin_and_end(run.built, state)
-        return _finished(s, run, None)
+        result = _finished(s, run, None)
+        run.events.write("end", **_end_record(s, run, result), already_complete=True)
+        return result
     stopping = s.cluster.agreement.now(distribute.Decisions(stop=s.stop.signum)).stop  # (signalled while building)
     if stopping:
         return _stopped(s, stopping, run)
@@ -159,10 +166,52 @@ def _run(s: Session, run: Training) -> Result:
         _loop(s, run).run()
     except Interrupted as exc:
         return _stopped(s, exc.signum, run, exc.checkpoint)
+    result = _finished(s, run, run.saver.last_checkpoint)
+    _summary(s, run, result)
+    return result
+
+
+def _summary(s: Session, run: Training, result: Result) -> None:
+    """The end in words (epochs, steps, time, the last epoch's logs, where the model is, what
+    next), and as the events file's ``end`` record."""
+    state, cfg, record = run.state, s.cfg, _end_record(s, run, result)
     limit = f" (--max-steps {cfg.max_steps})" if state.epoch < cfg.epochs and not state.stopped_early else ""
-    print(f"training complete{limit}: {state.epoch} epochs, global step {state.global_step}, "
-          f"final {json.dumps(_last_metrics(state))}", flush=True)
-    return _finished(s, run, run.saver.last_checkpoint)
+    early = " (stopped early by a callback)" if state.stopped_early else ""
+    lines = [f"training complete{limit}: {state.epoch} epochs{early}, global step {state.global_step}, "
+             f"took {duration(record['seconds'])}."]
+    metrics = {k: v for k, v in result.final_metrics.items() if k not in ("epoch", "lr")}
+    if metrics:
+        lr = result.final_metrics.get("lr")
+        lines.append(f"  last epoch: {format_logs(metrics)}" + (f" - lr: {lr:g}" if lr is not None else ""))
+    if result.model:
+        lines.append(f"  model: {result.model} (keras.saving.load_model reads it)")
+    if s.resume_command:
+        program = s.resume_command.split(" train ", 1)[0]
+        lines.append(f"  next: {program} status {shlex.quote(s.storage.root)} shows the run; the same command with a "
+                     "higher --epochs trains it further")
+    print("\n".join(lines), flush=True)
+    run.events.write("end", **record)
+
+
+def _end_record(s: Session, run: Training, result: Result) -> dict:
+    state = run.state
+    return {"epochs": state.epoch, "global_step": state.global_step,
+            "seconds": round(time.monotonic() - s.started, 3), "metrics": _rounded(result.final_metrics),
+            "model": result.model}
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def duration(seconds: float) -> str:
+    """``12.3s``, ``3m23s``, ``2h05m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m{int(seconds % 60):02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _restore(s: Session, run: Training) -> None:
@@ -188,6 +237,9 @@ def _restore(s: Session, run: Training) -> None:
                           global_step=state.global_step, time=time.time(), **details)
         log.info("resumed from %s/ckpt-%d at %s, lr %g", s.storage.url(CHECKPOINTS_DIR),
                  manifest["number"], state.position(run.steps), state.lr)
+        run.events.write("resume", checkpoint=manifest["number"], epoch=state.epoch + 1, step=state.step_in_epoch,
+                         steps=run.steps, global_step=state.global_step, lr=float(f"{state.lr:.7g}"),
+                         **details)
         before = manifest.get("replicas", replicas.total)
         if before != replicas.total:
             log.warning("ckpt-%d and the steps before it were written with %d replicas; this run has %d. "
@@ -198,6 +250,9 @@ def _restore(s: Session, run: Training) -> None:
     else:
         run.state = TrainerState(lr=float(built.model.optimizer.learning_rate.numpy()), seed=s.cfg.seed)
         log.info("starting a new run in %s (%d epochs)", s.storage.root, s.cfg.epochs)
+        run.events.write("start", run_dir=s.storage.root, job=s.job.label, epochs=s.cfg.epochs, steps=run.steps,
+                         strategy=s.cluster.describe(), workers=s.cluster.workers,
+                         replicas=s.cluster.replicas.total)
 
 
 def _apply_pending(s: Session, run: Training) -> None:
@@ -226,7 +281,8 @@ def _loop(s: Session, run: Training) -> Loop:
     return Loop(model=built.model, strategy=cluster.strategy, replicas=cluster.replicas, train=built.train,
                 validation=built.validation, seed=cfg.seed, epochs=cfg.epochs, state=run.state, saver=run.saver,
                 stop=s.stop, agreement=cluster.agreement,
-                progress=Progress(run.state, run.steps, cfg.epochs, cfg.quiet, cfg.log_every_steps),
+                progress=Progress(run.state, run.steps, cfg.epochs, cfg.quiet, cfg.log_every_steps,
+                                  machine=cfg.log_format == "json", events=run.events),
                 steering=run.steering, requests=s.requests if s.chief else None, history=run.writers.history,
                 callbacks=built.callbacks, callback_states=built.callback_states,
                 validation_freq=s.job.fit_options().validation_freq, max_steps=cfg.max_steps)
@@ -244,9 +300,9 @@ def _finished(s: Session, run: Training, checkpoint: int | None) -> Result:
     """Done only once the final checkpoint is in the run dir (no kill deadline here, so the
     upload gets minutes); else a storage error: re-running on this machine uploads it."""
     ok = run.writers.flush("final", FINAL_FLUSH_TIMEOUT_S)
-    if ok and s.cfg.export and s.chief:
-        export.write_model(run.built.model, s.storage)
-    return Result(errors.DONE if ok else errors.STORAGE_ERROR, run.state, checkpoint, _last_metrics(run.state))
+    exported = ok and s.cfg.export and s.chief and export.write_model(run.built.model, s.storage)
+    return Result(errors.DONE if ok else errors.STORAGE_ERROR, run.state, checkpoint, _last_metrics(run.state),
+                  s.storage.url(MODEL_FILE) if exported else None)
 
 
 def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | None = None) -> Result:
@@ -261,6 +317,11 @@ def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | No
           f"({took:.2f}s from signal to exit).", flush=True)
     if s.resume_command:
         print(f"[trainer] resume with: {s.resume_command}", flush=True)
+    if run is not None:
+        at = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": run.steps,
+              "global_step": state.global_step} if state else {}
+        run.events.write("stop", signal=distribute.signal_name(signum), **at, checkpoint=checkpoint,
+                         seconds=round(took, 3), resume_command=s.resume_command or None)
     return Result(errors.interrupted(signum), state, checkpoint, _last_metrics(state) if state else {})
 
 

@@ -29,10 +29,12 @@ MODEL_FILE = "model.keras"
 TENSORBOARD_DIR = "tensorboard"
 ARCHIVE_DIR = "archive"
 ROLLBACKS_FILE = "rollbacks.json"
+EVENTS_FILE = "events.jsonl"         # the run's events as JSON lines (trainer.training.events)
 LR_REQUEST = "lr_override"           # and lr_override.epoch-E, lr_override*.consumed
 
 RUN_MARKERS = (CONFIG_FILE, CHECKPOINTS_DIR)  # what only a run that started has
-OWN_NAMES = {*RUN_MARKERS, HISTORY_JSON, HISTORY_PNG, MODEL_FILE, TENSORBOARD_DIR, ARCHIVE_DIR, ROLLBACKS_FILE}
+OWN_NAMES = {*RUN_MARKERS, HISTORY_JSON, HISTORY_PNG, MODEL_FILE, TENSORBOARD_DIR, ARCHIVE_DIR, ROLLBACKS_FILE,
+             EVENTS_FILE}
 _OWN_PATTERN = re.compile(rf"^({re.escape(LR_REQUEST)}(\..*)?|\.probe-[0-9a-f]+|.*\.tmp-\d+-[0-9a-f]+)$")
 EXPECTED_NEW = "a new path, an empty folder or a run of `trainer train`"
 EXPECTED_RUN = "a run directory written by `trainer train` (with config.json or checkpoints/)"

@@ -41,6 +41,7 @@ class Session:
     storage: Storage
     requests: LrRequests      # the run dir's learning-rate requests
     timings: dict = field(default_factory=dict)  # start-up phases, logged once restored
+    started: float = field(default_factory=time.monotonic)  # the summary's time: this start's
 
     @property
     def chief(self) -> bool:

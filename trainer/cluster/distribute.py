@@ -137,15 +137,33 @@ class Cluster:
     agreement: Agreement
 
     def describe(self) -> str:
-        name = type(self.strategy).__name__
+        """The strategy in words: "1 CPU", "MirroredStrategy over 2 GPUs",
+        "MultiWorkerMirroredStrategy, 4 workers × 2 GPUs" (the devices of this worker)."""
+        here, name = devices_in_words(self.strategy), type(self.strategy).__name__
         if self.workers > 1:
-            return (f"{name}: worker {self.index} of {self.workers}, "
-                    f"{self.replicas.total} replicas in all")
-        return f"{name} with {self.replicas.total} replica(s)"
+            return f"{name}, {self.workers} workers × {here}"
+        if isinstance(self.strategy, tf.distribute.MirroredStrategy):
+            return f"{name} over {here}"
+        return here
 
     def role(self) -> str:
         duty = "chief: writes the run dir" if self.is_chief else "reads the chief's checkpoints"
         return f"worker {self.index} of {self.workers} ({duty}), {self.replicas.local} replica(s) here"
+
+
+def devices_in_words(strategy) -> str:
+    """This process's devices of ``strategy``: "1 CPU", "2 GPUs", "3 CPU devices" (a CPU split
+    by --cpu-devices)."""
+    try:
+        names = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's default device
+        names = ["GPU"] if tf.config.list_logical_devices("GPU") else ["CPU"]
+    counts: dict[str, int] = {}
+    for name in names:
+        kind = next((k for k in ("GPU", "TPU", "CPU") if k in name.upper()), "device")
+        counts[kind] = counts.get(kind, 0) + 1
+    words = {"CPU": ("CPU", "CPU devices")}
+    return " + ".join(f"{n} {words.get(kind, (kind, kind + 's'))[n > 1]}" for kind, n in counts.items())
 
 
 PORTS_PER_JOB = 8  # a SLURM job's workers on one node listen on port_base .. port_base + 7

@@ -1,12 +1,14 @@
 """What a job's ``build_data`` may return, turned into a data source: ArrayData and
 EpochBatches as they are, a plain tf.data.Dataset as StreamingData, a keras PyDataset
-as EpochBatches; validation arrays batched like the training data."""
+as EpochBatches; validation arrays batched as ``model.fit`` batches them."""
 from __future__ import annotations
 
 import tensorflow as tf
 
 from .sources import SINGLE, ArrayData, EpochBatches
 from .streaming import StreamingData
+
+FIT_BATCH_SIZE = 32  # model.fit's batch size for arrays given none (Keras's ArrayDataAdapter)
 
 
 def from_job(value, what: str):
@@ -40,16 +42,33 @@ def _from_py_dataset(value, what: str) -> EpochBatches:
     return source
 
 
-def validation_from_job(value, train, what: str):
-    """Validation data: a source as above, or arrays ``(x, y[, sample_weight])`` batched like ``train``."""
-    if isinstance(value, tuple) and value and not isinstance(value[0], tf.data.Dataset):
-        batch_size = getattr(train, "batch_size", None)
-        if batch_size is None:
-            raise ValueError(f"{what}: give validation as trainer.ArrayData(..., shuffle=False) when the "
-                             "training data is not ArrayData (its batch size is unknown)")
-        prepare = getattr(train, "prepare", None)
-        return ArrayData(*value, batch_size=batch_size, prepare=prepare, shuffle=False)
-    return from_job(value, what)
+def inputs_as_fit_reads_them(value):
+    """Arrays as ``fit`` reads them, for ArrayData: a list of arrays is several inputs (or outputs),
+    so a tuple (to ArrayData a list is one index-addressable array); a pandas DataFrame or Series
+    is its NumPy array (indexing one by position would select a column)."""
+    if isinstance(value, list) and value and all(hasattr(item, "shape") for item in value):
+        return tuple(inputs_as_fit_reads_them(item) for item in value)
+    if type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "to_numpy"):
+        return value.to_numpy()
+    return value
+
+
+def validation_from_job(value, train, what: str, batch_size: int | None = None):
+    """Validation data: a source as above, or arrays ``(x[, y[, sample_weight]])`` in order, in
+    batches of ``batch_size`` (fit's ``validation_batch_size``), else of the training data's batch
+    size (arrays: ArrayData), else of 32: ``model.fit``'s rule (``validation_batch_size or
+    batch_size``, with ``batch_size`` None for a dataset and then 32 for arrays)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if not (isinstance(value, tuple) and value and not isinstance(value[0], tf.data.Dataset)):
+        return from_job(value, what)
+    if not 1 <= len(value) <= 3:
+        raise ValueError(f"{what} must be (x_val, y_val) or (x_val, y_val, val_sample_weight), as for "
+                         f"model.fit; got {len(value)} items")
+    arrays = [inputs_as_fit_reads_them(item) for item in value]
+    if isinstance(train, ArrayData):
+        return ArrayData(*arrays, batch_size=batch_size or train.batch_size, prepare=train.prepare, shuffle=False)
+    return ArrayData(*arrays, batch_size=batch_size or FIT_BATCH_SIZE, shuffle=False)
 
 
 def batch_spec(source, seed: int):

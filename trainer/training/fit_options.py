@@ -5,7 +5,8 @@ A job gives them as ``fit_kwargs(settings) -> dict`` (the names and values
 are checked here and applied as ``fit`` applies them: ``class_weight`` turns
 into per-example weights of the training batches only (Keras's
 ``class_weight_to_sample_weights`` rule), ``validation_freq`` picks the epochs
-that validate (the loop's ``_should_validate``). ``class_weight`` changes the
+that validate (the loop's ``_should_validate``), ``validation_batch_size``
+batches validation arrays (``trainer.data.accepted.validation_from_job``). ``class_weight`` changes the
 model, so it is part of the run's identity; ``validation_freq`` is not (it
 may change between resumes, like ``--epochs``).
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..errors import BAD_INPUT, TrainerError
 
-SUPPORTED = ("class_weight", "validation_freq")
+SUPPORTED = ("class_weight", "validation_freq", "validation_batch_size")
 
 
 class FitOptionError(TrainerError, ValueError, exit_code=BAD_INPUT):
@@ -29,6 +30,7 @@ class FitOptionError(TrainerError, ValueError, exit_code=BAD_INPUT):
 class FitOptions:
     class_weight: dict | None = None      # {class id: weight}
     validation_freq: int | tuple = 1      # every N epochs, or these (1-based) epochs
+    validation_batch_size: int | None = None  # for validation arrays; fit's default: the training batch size
 
     def identity(self) -> dict:
         """What changes the model: the class weights, with the keys JSON gives them."""
@@ -49,7 +51,8 @@ def from_kwargs(kwargs, where: str) -> FitOptions:
                              f"{', '.join(SUPPORTED)}; the batch size, shuffling and sample weights belong to "
                              "the data, e.g. trainer.ArrayData(x, y, sample_weight, batch_size=..., shuffle=...))")
     return FitOptions(_class_weight(kwargs.get("class_weight"), where),
-                      _validation_freq(kwargs.get("validation_freq", 1), where))
+                      _validation_freq(kwargs.get("validation_freq", 1), where),
+                      _batch_size(kwargs.get("validation_batch_size"), where))
 
 
 def _class_weight(value, where: str) -> dict | None:
@@ -76,6 +79,12 @@ def _validation_freq(value, where: str) -> int | tuple:
         return tuple(int(e) for e in value)
     raise FitOptionError(f"{where}: validation_freq must be a positive integer (validate every N epochs) or a "
                          f"list of epochs counted from 1 (e.g. [1, 5, 10]), got {value!r}")
+
+
+def _batch_size(value, where: str) -> int | None:
+    if value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1):
+        return None if value is None else int(value)
+    raise FitOptionError(f"{where}: validation_batch_size must be a positive integer, got {value!r}")
 
 
 def class_weighted(source, class_weight: dict):

@@ -1,11 +1,18 @@
-"""Console output: a progress bar per epoch, optional step lines, one JSON line per epoch.
+"""Console output of the epochs, as ``model.fit`` shows it, or JSON lines for scripts; the events file either way.
+
+``--log-format human`` (default) shows what ``fit`` shows, with Keras's own
+``keras.utils.Progbar``: a progress bar in a terminal (or a notebook), one
+line per epoch in a log file (``fit(verbose=2)``'s line: a SLURM output file
+stays readable). ``--log-every-steps N`` adds a line every N steps to a log
+file. ``--log-format json`` prints ``STEP {...}`` (every N steps) and
+``EPOCH {...}`` lines instead of those lines (a terminal still gets its bar),
+even with ``--quiet``, for scripts and log scrapers. The same records always
+go to the run's :class:`~.events.Events` file.
 
 The bar starts at the resumed position (e.g. 37/94), not at 0, and reads the
 step's metrics only when it redraws (at most every ``REDRAW_S``): reading a
 metric waits for the step to finish, which would stall an accelerator's queue
-at every step. ``--log-every-steps N`` prints ``STEP {...}`` every N steps for
-logs that are not a terminal (SLURM output files), which get no bar. ``EPOCH {...}`` is printed
-even with ``--quiet`` so scripts and log scrapers can follow a run.
+at every step. Every line is one write (see :meth:`Progress._line`).
 """
 from __future__ import annotations
 
@@ -16,13 +23,15 @@ import time
 import keras
 import numpy as np
 
+from .events import NO_EVENTS, Events
 from .execution import crossed
 from .state import TrainerState
 
 REDRAW_S = 0.25
 
 
-def _floats(logs) -> dict:
+def floats(logs) -> dict:
+    """The logs that are numbers, as Python floats."""
     out = {}
     for key, value in (logs or {}).items():
         try:
@@ -32,7 +41,16 @@ def _floats(logs) -> dict:
     return out
 
 
-def _is_terminal(stream) -> bool:
+def format_logs(logs: dict) -> str:
+    """``loss: 0.3512 - accuracy: 0.8821``: Keras's progress bar's rounding (4 decimals, or 4
+    significant digits below 1e-3)."""
+    return " - ".join(f"{k}: {v:.4f}" if abs(v) > 1e-3 else f"{k}: {v:.4e}" for k, v in floats(logs).items())
+
+
+def is_terminal(stream) -> bool:
+    """A terminal, or a notebook (whose output shows a redrawn bar as Keras's does)."""
+    if "ipykernel" in sys.modules:
+        return True
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -41,46 +59,61 @@ def _is_terminal(stream) -> bool:
 
 class Progress:
     def __init__(self, state: TrainerState, steps_per_epoch: int, epochs: int, quiet: bool,
-                 log_every_steps: int | None = None, stream=None):
+                 log_every_steps: int | None = None, stream=None, machine: bool = False,
+                 events: Events = NO_EVENTS):
         self.state = state
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
         self.quiet = quiet
         self.log_every_steps = log_every_steps
         self.stream = stream or sys.stdout
+        self.machine = machine  # --log-format json
+        self.events = events
+        self._terminal = is_terminal(self.stream)
         self._bar = None
         self._drawn = 0.0
 
     def epoch_begin(self, epoch: int) -> None:
         if self.quiet:
             return
-        self._line(f"Epoch {epoch + 1}/{self.epochs}")
-        if not _is_terminal(self.stream):  # a log file gets the EPOCH (and STEP) lines, not a bar
+        if self.machine or self.epochs > 1:  # (fit names the epoch when there are several)
+            self._line(f"Epoch {epoch + 1}/{self.epochs}")
+        if self.machine and not self._terminal:  # a log file gets the EPOCH (and STEP) lines, not a bar
             return
-        self._bar = keras.utils.Progbar(self.steps_per_epoch)
+        # fit(verbose=1) in a terminal; fit(verbose=2) elsewhere: one line at the epoch's end
+        self._bar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if self._terminal else 2)
         if self.state.step_in_epoch:
-            self._bar.update(self.state.step_in_epoch)
+            self._bar.update(self.state.step_in_epoch, finalize=False)
         self._drawn = time.monotonic()
 
     def step(self, logs, steps_done: int) -> None:
-        """After an execution of ``steps_done`` steps: a STEP line if it passed a multiple of
-        ``--log-every-steps`` (with its last step's logs)."""
+        """After an execution of ``steps_done`` steps: a step record if it passed a multiple of
+        ``--log-every-steps`` (with its last step's logs); the bar, if due."""
         state = self.state
         if crossed(state.global_step - steps_done, state.global_step, self.log_every_steps):
+            values = floats(logs)
             record = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": self.steps_per_epoch,
-                      "global_step": state.global_step, **{k: round(v, 6) for k, v in _floats(logs).items()}}
-            self._line("STEP " + json.dumps(record))
-        if self._bar is not None and time.monotonic() - self._drawn >= REDRAW_S:
-            self._bar.update(state.step_in_epoch, list(_floats(logs).items()))
+                      "global_step": state.global_step, **{k: round(v, 6) for k, v in values.items()}}
+            self.events.write("step", **record)
+            if self.machine:
+                self._line("STEP " + json.dumps(record))
+            elif not (self.quiet or self._terminal):
+                width = len(str(self.steps_per_epoch))
+                self._line(f"{state.step_in_epoch:>{width}}/{self.steps_per_epoch} - {format_logs(values)}")
+        if self._bar is not None and self._terminal and time.monotonic() - self._drawn >= REDRAW_S:
+            self._bar.update(state.step_in_epoch, list(floats(logs).items()), finalize=False)
             self._drawn = time.monotonic()
 
     def epoch_end(self, epoch: int, logs: dict) -> None:
+        values = floats(logs)
         record = {"epoch": epoch + 1, "epochs": self.epochs, "global_step": self.state.global_step}
-        record.update({k: round(v, 6) for k, v in _floats(logs).items()})
+        record.update({k: round(v, 6) for k, v in values.items()})
         if self._bar is not None:
-            self._bar.update(self.steps_per_epoch, [(k, v) for k, v in _floats(logs).items()], finalize=True)
+            self._bar.update(self.steps_per_epoch, list(values.items()), finalize=True)
             self._bar = None
-        self._line("EPOCH " + json.dumps(record))
+        self.events.write("epoch", **record)
+        if self.machine:
+            self._line("EPOCH " + json.dumps(record))
 
     def _line(self, text: str) -> None:
         """One write per line: ``print`` writes the text and its newline separately, and on an

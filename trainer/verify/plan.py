@@ -28,8 +28,8 @@ def parser(prog: str = "trainer verify") -> argparse.ArgumentParser:
         prog=prog, allow_abbrev=False, epilog="Exit code 0: bitwise equal; 1: they differ, or a run failed "
         "(the likely cause is named); 2: a bad flag, job or setting.", description="Prove that a job resumes exactly: an uninterrupted short run "
         "and the same run stopped by real signals at random steps, every variable compared bitwise. Flags "
-        "it does not know (the job's settings, --preset, --epochs, --seed, ...) go to `train`.")
-    p.add_argument("--job", default=None, help="the job file or module, as for `train` (default: the default job)")
+        "it does not know (the job's settings, --preset, --epochs, --seed, ...) go to train.")
+    p.add_argument("--job", default=None, help="the job file or module, as for train (default: the default job)")
     p.add_argument("--steps", type=int, default=200, help="train at most this many steps per run (default 200)")
     p.add_argument("--stops", type=int, default=3, help="signals sent to the interrupted run (default 3)")
     p.add_argument("--stop-seed", type=int, default=None,

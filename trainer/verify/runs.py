@@ -22,7 +22,7 @@ STEPS_PER_EPOCH = re.compile(r", (\d+) steps per epoch")
 NEW_RUN = re.compile(r"starting a new run in .* \((\d+) epochs\)")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # flags verify sets itself for every run (the user's flags come first; the last one wins)
-RUN_FLAGS = ["--log-every-steps", "1", "--quiet", "--no-tensorboard", "--no-export"]
+RUN_FLAGS = ["--log-every-steps", "1", "--log-format", "json", "--quiet", "--no-tensorboard", "--no-export"]
 
 
 @dataclass
