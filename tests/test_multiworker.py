@@ -29,16 +29,6 @@ def job(tmp_path_factory):
     return helpers.user_job(tmp_path_factory.mktemp("elsewhere"))
 
 
-@pytest.fixture(scope="module")
-def two_worker_reference(job, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("two-workers") / "run"
-    results = helpers.finish(helpers.start_workers(_args(job, run_dir, "--quiet")))
-    for code, out in results:
-        assert code == 0, out
-        assert "CollectiveAllReduceStrategy: worker" in out
-    return run_dir
-
-
 def _stop_lines(results):
     return [re.search(r"stopped at epoch \d+ step \d+/\d+ \(global step \d+\); checkpoint ckpt-\d+", out)
             for _, out in results]
