@@ -77,22 +77,22 @@ def _signal_soon(signum, after_s=0.1):
 
 def test_the_guard_exits_with_128_plus_the_signal_when_the_blocked_phase_does_not_end():
     exits = Exits()
-    with StopRequest(abort=lambda signum: None):
-        with Guard("restoring", bound_s=None, grace_s=0.3, exit=exits.exit, write=exits.write):
-            _signal_soon(signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while not exits.codes and time.monotonic() < deadline:
-                time.sleep(0.05)  # (blocking calls that release the interpreter, as a collective does)
+    with StopRequest(abort=lambda signum: None), \
+            Guard("restoring", bound_s=None, grace_s=0.3, exit=exits.exit, write=exits.write):
+        _signal_soon(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not exits.codes and time.monotonic() < deadline:
+            time.sleep(0.05)  # (blocking calls that release the interpreter, as a collective does)
     assert exits.codes == [128 + signal.SIGTERM]
     assert "SIGTERM received while restoring" in exits.lines[0]
 
 
 def test_a_phase_that_ends_within_the_grace_leaves_the_stop_to_the_usual_path():
     exits = Exits()
-    with StopRequest(abort=lambda signum: None) as stop:
-        with Guard("restoring", grace_s=5, exit=exits.exit, write=exits.write):
-            _signal_soon(signal.SIGINT)
-            time.sleep(0.5)
+    with StopRequest(abort=lambda signum: None) as stop, Guard("restoring", grace_s=5, exit=exits.exit,
+                                                               write=exits.write):
+        _signal_soon(signal.SIGINT)
+        time.sleep(0.5)
     assert exits.codes == [] and stop.signum == signal.SIGINT
 
 

@@ -3,7 +3,6 @@ and a stop signal works while a worker waits for its peers. Real TF_CONFIG worke
 127.0.0.1, real signals. "Within the bound" is measured from the event (the wait began, the
 peer froze, the signal was sent) to the exit, against the bound plus ``EXIT_SLACK_S``: the
 bound is the trainer's promise, the slack is the process's own exit (TensorFlow's shutdown)."""
-import json
 import random
 import re
 import signal
@@ -13,6 +12,7 @@ from tests import helpers
 from trainer import errors
 from trainer.checkpoint.index import DIR, MARKER, committed
 from trainer.cluster import peers
+from trainer.storage import open_storage
 
 BOUND_S = 20
 EXIT_SLACK_S = 15  # docs/how-to/worker-loss.md: exiting takes the interpreter and TensorFlow a few seconds
@@ -31,7 +31,7 @@ def test_a_lone_worker_exits_6_after_the_bound_and_143_within_seconds_of_sigterm
                         for name in ("waiting", "stopped"))
     started = {}
     for name, proc in (("waiting", waiting), ("stopped", stopped)):
-        helpers.wait_for(proc, f"worker 1 (127.0.0.1:", timeout=300)
+        helpers.wait_for(proc, "worker 1 (127.0.0.1:", timeout=300)
         started[name] = time.monotonic()
     stopped.send_signal(signal.SIGTERM)
     sent = time.monotonic()
@@ -43,23 +43,23 @@ def test_a_lone_worker_exits_6_after_the_bound_and_143_within_seconds_of_sigterm
     out = waiting.communicate(timeout=BOUND_S + 120)[0]
     waited = time.monotonic() - started["waiting"]
     assert waiting.returncode == errors.PEER_LOST, out
-    assert re.search(rf"worker 0 \(127\.0\.0\.1:\d+\) never came: waited {BOUND_S}(\.\d)? s", out) or \
-        re.search(r"worker 0 \(127\.0\.0\.1:\d+\) never came: waited \d+ s for it \(--peer-timeout-seconds 20\)",
-                  out), out
+    assert re.search(rf"worker 0 \(127\.0\.0\.1:\d+\) never came: waited \d+ s for it \(--peer-timeout-seconds "
+                     rf"{BOUND_S}\)", out), out
     assert BOUND_S <= waited <= BOUND_S + EXIT_SLACK_S, f"exited {waited:.1f} s after its wait began"
 
 
 def _commits(run_dir) -> dict[int, str]:
     folder = run_dir / DIR
-    return {n: (folder / f"ckpt-{n}{MARKER}").read_text() for n in committed(list(p.name for p in folder.iterdir()))}
+    return {n: (folder / f"ckpt-{n}{MARKER}").read_text() for n in committed([p.name for p in folder.iterdir()])}
 
 
-def test_a_frozen_chief_ends_worker_1_within_the_bound_and_commits_nothing_stale(tmp_path, two_worker_reference):
-    """SIGSTOP the chief (the only writer of the run dir) at a random step: worker 1 exits 6
-    within the frozen-peer bound. SIGCONT: the chief stops too, without rewriting a commit or
-    committing one behind another; the run then resumes to the end, bitwise equal."""
+def test_a_frozen_chief_ends_worker_1_within_the_bound_and_commits_nothing_stale(tmp_path):
+    """SIGSTOP the chief (the only writer of the run dir) at a random step of the first epoch:
+    worker 1 exits 6 within the frozen-peer bound. SIGCONT: the chief stops too (6), without
+    rewriting a commit or committing one behind another, and its newest commit is complete.
+    (That a run resumes bitwise after a lost worker: tests/reliability/test_peer_kill.py.)"""
     run_dir = tmp_path / "run"
-    target = random.Random(11).randint(1, 3 * helpers.TWO_WORKERS_STEPS - 1)
+    target = random.Random(11).randint(1, helpers.TWO_WORKERS_STEPS)
     procs = helpers.start_workers(_args(run_dir, "--log-every-steps", "1"))
     out, reached = helpers.wait_for_step(procs[0], target)
     assert reached is not None, out
@@ -68,8 +68,7 @@ def test_a_frozen_chief_ends_worker_1_within_the_bound_and_commits_nothing_stale
     out1 = procs[1].communicate(timeout=300)[0]
     took = time.monotonic() - frozen
     assert procs[1].returncode == errors.PEER_LOST, out1
-    bound = peers.frozen_bound_s(BOUND_S)
-    assert took <= bound + EXIT_SLACK_S, f"worker 1 exited {took:.1f} s after the chief froze"
+    assert took <= peers.frozen_bound_s(BOUND_S) + EXIT_SLACK_S, f"worker 1 exited {took:.1f} s after the chief froze"
     before = _commits(run_dir)
     procs[0].send_signal(signal.SIGCONT)
     out0 = procs[0].communicate(timeout=300)[0]
@@ -78,11 +77,4 @@ def test_a_frozen_chief_ends_worker_1_within_the_bound_and_commits_nothing_stale
     assert all(after[n] == before[n] for n in after.keys() & before.keys()), "a commit was rewritten"
     assert all(n > max(before, default=0) for n in after.keys() - before.keys()), (before.keys(), after.keys())
     if after:
-        from trainer.storage import open_storage
         helpers.assert_checkpoint_complete(open_storage(str(run_dir)), max(after))
-    results = helpers.finish(helpers.start_workers(_args(run_dir, "--quiet")))
-    assert [code for code, _ in results] == [0, 0], results
-    if after:
-        newest = json.loads(after[max(after)])
-        assert f"resumed from {run_dir}/checkpoints/ckpt-{newest['number']} at" in results[0][1]
-    helpers.assert_bitwise_equal(helpers.latest_variables(two_worker_reference), helpers.latest_variables(run_dir))

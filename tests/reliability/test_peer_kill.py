@@ -6,7 +6,6 @@ every start resumes from the newest commit (never behind one), and the finished 
 equal to an uninterrupted one. The seed is in the report."""
 import json
 import random
-import signal
 import time
 
 from tests import helpers

@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Self
 
 from ..errors import PEER_LOST, interrupted
 from .signals import CAUGHT, StopRequest
@@ -66,7 +67,7 @@ class Guard:
         self._fds: tuple[int, int] | None = None
         self._previous_fd = -1
 
-    def __enter__(self) -> Guard:
+    def __enter__(self) -> Self:
         read, write = os.pipe()
         os.set_blocking(write, False)  # (the interpreter's signal handler writes to it)
         self._fds = read, write
