@@ -14,20 +14,21 @@ from trainer.checkpoint.index import DIR, MARKER, committed
 from trainer.cluster import peers
 from trainer.storage import open_storage
 
-BOUND_S = 20
+BOUND_S = 20  # two workers that start together find each other well within it, on a busy machine too
+LONE_BOUND_S = 10  # a lone worker has no one to find
 EXIT_SLACK_S = 15  # docs/how-to/worker-loss.md: exiting takes the interpreter and TensorFlow a few seconds
 SIGNAL_EXIT_S = 5  # the issue's promise for a stop signal while waiting
 
 
-def _args(run_dir, *extra):
-    return ["train", "--run-dir", str(run_dir), *helpers.TWO_WORKERS, "--peer-timeout-seconds", str(BOUND_S), *extra]
+def _args(run_dir, *extra, bound_s=BOUND_S):
+    return ["train", "--run-dir", str(run_dir), *helpers.TWO_WORKERS, "--peer-timeout-seconds", str(bound_s), *extra]
 
 
 def test_a_lone_worker_exits_6_after_the_bound_and_143_within_seconds_of_sigterm(tmp_path):
     """Two lone workers (each worker 1 of a cluster whose chief never comes), side by side: one
     waits out the bound, the other is sent SIGTERM while it waits."""
-    waiting, stopped = (helpers.start_worker(_args(tmp_path / name), [f"127.0.0.1:{p}" for p in
-                                                                      helpers.free_ports(2)], 1)
+    waiting, stopped = (helpers.start_worker(_args(tmp_path / name, bound_s=LONE_BOUND_S),
+                                             [f"127.0.0.1:{p}" for p in helpers.free_ports(2)], 1)
                         for name in ("waiting", "stopped"))
     started = {}
     for name, proc in (("waiting", waiting), ("stopped", stopped)):
@@ -40,12 +41,13 @@ def test_a_lone_worker_exits_6_after_the_bound_and_143_within_seconds_of_sigterm
     assert stopped.returncode == 128 + signal.SIGTERM, out
     assert "SIGTERM received: stopped at start-up, while waiting for the other workers" in out, out
     assert took <= SIGNAL_EXIT_S, f"SIGTERM to exit {took:.1f} s"
-    out = waiting.communicate(timeout=BOUND_S + 120)[0]
+    out = waiting.communicate(timeout=LONE_BOUND_S + 120)[0]
     waited = time.monotonic() - started["waiting"]
     assert waiting.returncode == errors.PEER_LOST, out
-    assert re.search(rf"worker 0 \(127\.0\.0\.1:\d+\) never came: waited \d+ s for it \(--peer-timeout-seconds "
-                     rf"{BOUND_S}\)", out), out
-    assert BOUND_S <= waited <= BOUND_S + EXIT_SLACK_S, f"exited {waited:.1f} s after its wait began"
+    said = re.search(r"worker 0 \(127\.0\.0\.1:\d+\) never came: waited (\d+) s for it \(--peer-timeout-seconds "
+                     rf"{LONE_BOUND_S}\)", out)
+    assert said and int(said.group(1)) >= LONE_BOUND_S, out
+    assert waited <= LONE_BOUND_S + EXIT_SLACK_S, f"exited {waited:.1f} s after its wait began"
 
 
 def _commits(run_dir) -> dict[int, str]:
