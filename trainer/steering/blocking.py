@@ -15,8 +15,8 @@ a signal's handler only once the main thread is back in the interpreter:
   the interpreter's wakeup file descriptor; if the phase has not ended
   ``grace_s`` later, it writes one line and exits with 128 + the signal's
   number (a second signal: at once). With a bound, it also exits with the
-  lost-worker code once the phase has waited that long. Nothing is trained
-  during these phases, so there is nothing to save.
+  lost-worker code once the phase has waited that long. Nothing is left to
+  save in these phases (nothing trained yet, or this worker's part of the end done).
 """
 from __future__ import annotations
 
@@ -112,6 +112,6 @@ class Guard:
             if left <= 0 or self._next_signal(min(left, POLL_S)) is not None:
                 name = signal.Signals(signum).name
                 self._write(f"{name} received while {self.phase}, which waits for {self.awaited}: exiting "
-                            "now. Nothing was trained in this start, so nothing needs saving")
+                            "now, with nothing left to save on this worker")
                 self._exit(interrupted(signum))
                 return
