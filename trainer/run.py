@@ -130,8 +130,7 @@ def _started(s: Session, fresh: bool, going_back) -> Result:
         startup = s.cluster.agreement.now(distribute.Decisions(stop=s.stop.signum))
     if startup.stop:
         return _stopped(s, startup.stop, None)
-    with _waiting(s, "building the job (its variables are made together with the other workers)", bounded=False):
-        built = _build(s)
+    built = _build(s)  # (unguarded: it runs the job's own code, which sees a stop at the next agreement)
     built_at = time.monotonic()
     went_back = prepare_run_dir(s, fresh, going_back)
     cfg, job = s.cfg, s.job
