@@ -1,9 +1,10 @@
 """How long the workers of a multi-worker job wait for each other.
 
 One bound, ``--peer-timeout-seconds`` (default 300 s, ``TrainConfig.peer_timeout_seconds``),
-for every wait for a peer that never came or stopped answering; past it a
-worker exits with the lost-worker code (6), which ``slurm/train.sh`` and the
-launcher requeue. Where the waits are:
+for every wait for a peer that never came; one that stopped answering is noticed
+sooner, by heartbeats (:func:`frozen_bound_s`). Either way a worker exits with
+the lost-worker code (6), which ``slurm/train.sh`` and the launcher requeue.
+Where the waits are:
 
 * At start-up, :func:`wait_for_peers`: each worker listens on its own port and
   connects to every other's until all answer. It runs in Python, so it sees a
