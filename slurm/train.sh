@@ -12,6 +12,9 @@
 # exits with 128+signal. `python -m trainer.cluster.requeue <code>` then decides:
 #   0 done, 2-5 bad input/unusable run  -> no requeue, exit with the code
 #   128+N stopped after a checkpoint    -> `scontrol requeue`, exit 0
+#   6     a worker of the job was lost  -> `scontrol requeue` (up to TRAINER_MAX_REQUEUES), exit 0;
+#         (it never came, died or froze: every other worker exits within --peer-timeout-seconds,
+#         default 300 s, see docs/how-to/worker-loss.md)
 #   anything else (crash)               -> requeue while SLURM_RESTART_COUNT <
 #                                          TRAINER_MAX_CRASH_RESTARTS, else exit with the code
 # A requeued job resumes from its last checkpoint (same job id; output appended).

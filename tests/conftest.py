@@ -24,28 +24,40 @@ def _shared_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def _train_once(folder: Path, args) -> Path:
-    """``folder/run`` trained with ``args`` by whichever process gets there first; the others
-    wait on the lock and reuse it ("done" marks a finished run, so a failed one is retried)."""
+def _train_once(folder: Path, args, workers: int = 1) -> Path:
+    """``folder/run`` trained with ``args`` (by ``workers`` processes through TF_CONFIG) by
+    whichever test process gets there first; the others wait on the lock and reuse it ("done"
+    marks a finished run, so a failed one is retried)."""
     folder.mkdir(exist_ok=True)
     run_dir, done = folder / "run", folder / "done"
     with open(folder / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
-            result = helpers.run(["train", "--run-dir", str(run_dir), *args, "--quiet"], timeout=900)
-            assert result.returncode == 0, result.stdout + result.stderr
+            command = ["train", "--run-dir", str(run_dir), *args, "--quiet"]
+            if workers == 1:
+                result = helpers.run(command, timeout=900)
+                assert result.returncode == 0, result.stdout + result.stderr
+            else:
+                results = helpers.finish(helpers.start_workers(command, workers), timeout=900)
+                assert [code for code, _ in results] == [0] * workers, results
             done.touch()
     return run_dir
 
 
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    """``uninterrupted(name, args)``: the run dir of one uninterrupted run per name, made once
+    """``uninterrupted(name, args, workers=1)``: the run dir of one uninterrupted run per name, made once
     for the whole session (shared by xdist workers); interrupted runs with the same arguments
     must end bitwise equal to it."""
     root = _shared_root(tmp_path_factory)
-    return lambda name, args: _train_once(root / f"reference-{name}", args)
+    return lambda name, args, workers=1: _train_once(root / f"reference-{name}", args, workers)
+
+
+@pytest.fixture(scope="session")
+def two_worker_reference(uninterrupted):
+    """The uninterrupted run of two workers (``helpers.TWO_WORKERS``, TF_CONFIG on 127.0.0.1)."""
+    return uninterrupted("two-workers", helpers.TWO_WORKERS, workers=2)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,10 @@ TINY = ["--preset", "tiny", "--train-size", "2048", "--val-size", "128", "--epoc
 TINY_STEPS = 64  # steps per epoch of TINY
 DIGITS = ["--job", str(ROOT / "jobs" / "digits.py"), "--epochs", "3", "--no-tensorboard", "--save-every-steps", "20"]
 DIGITS_STEPS = 47  # steps per epoch of DIGITS
+# two workers of the user job (tests/user_job.py: 32 steps per epoch between them), saving every 10 steps
+TWO_WORKERS = ["--job", str(ROOT / "tests" / "user_job.py"), "--no-tensorboard", "--save-every-steps", "10",
+               "--plateau"]
+TWO_WORKERS_STEPS = 32
 STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+) \(global step (\d+)\); checkpoint ckpt-(\d+)")
 
 
@@ -212,13 +216,14 @@ def free_ports(n: int) -> list[int]:
 def start_workers(args, n: int = 2) -> list[subprocess.Popen]:
     """``n`` trainer processes that find each other through TF_CONFIG on 127.0.0.1 (worker 0 is the chief)."""
     hosts = [f"127.0.0.1:{p}" for p in free_ports(n)]
-    procs = []
-    for index in range(n):
-        config = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT,
-                                      env={**env(), "TF_CONFIG": config}, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    return procs
+    return [start_worker(args, hosts, index) for index in range(n)]
+
+
+def start_worker(args, hosts: list[str], index: int) -> subprocess.Popen:
+    """Worker ``index`` of the cluster ``hosts`` (TF_CONFIG), alone: its peers are up to the caller."""
+    config = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+    return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, env={**env(), "TF_CONFIG": config},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(procs, timeout=300) -> list[tuple[int, str]]:

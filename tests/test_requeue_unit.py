@@ -85,3 +85,16 @@ def test_a_lost_worker_requeues_up_to_the_cap():
     from trainer import errors
     assert requeue.decide(errors.PEER_LOST, 0).requeue
     assert not requeue.decide(errors.PEER_LOST, 100, max_requeues=100).requeue
+
+
+def test_the_launcher_requeues_a_lost_worker_inside_slurm_only():
+    from trainer import errors
+    from trainer.launcher import _requeued
+    calls = []
+
+    def run(command, **kw):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+    assert not _requeued(errors.PEER_LOST, {}, run) and not calls
+    assert _requeued(errors.PEER_LOST, {"SLURM_JOB_ID": "123"}, run)
+    assert calls == [["scontrol", "requeue", "123"]]

@@ -49,6 +49,7 @@ def test_override_rejects(text):
     ("flush_timeout_seconds", 0, "--flush-timeout-seconds"),
     ("flush_timeout_seconds", float("inf"), "--flush-timeout-seconds"),
     ("keep_every_epochs", 0, "--keep-every-epochs"), ("lr_poll_seconds", 0, "--lr-poll-seconds"),
+    ("peer_timeout_seconds", 0, "--peer-timeout-seconds"), ("peer_timeout_seconds", math.nan, "--peer-timeout-seconds"),
     ("strategy", "ring", "--strategy"), ("log_every_steps", -1, "--log-every-steps")])
 def test_config_errors_name_the_flag(field, value, flag):
     with pytest.raises(ConfigError) as err:

@@ -26,6 +26,7 @@ PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
 TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "snapshot_on_device",
                  "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_seconds",
+                 "peer_timeout_seconds",
                  "quiet", "log_every_steps", "log_format", "tensorboard", "export", "max_steps")
 DESCRIPTION = ("Train a Keras job that can be stopped at any moment and resumed exactly. "
                "Run a command with --help for its flags.")
@@ -105,6 +106,9 @@ def train_parser(job=None) -> argparse.ArgumentParser:
     t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_seconds", type=float,
                    default=None, metavar="T",
                    help="seconds a stop waits for uploads (default 20, under SLURM's KillWait)")
+    t.add_argument("--peer-timeout-seconds", type=float, default=None, metavar="T",
+                   help="several workers: how long each waits for the others to start, or for one that "
+                        "stopped answering, before it exits with code 6 for a requeue (default 300)")
     _add_storage_flag(t)
     t.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None,
                    help="allow nondeterministic TF ops (faster on some GPUs, resume no longer bitwise exact)")

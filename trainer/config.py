@@ -45,6 +45,9 @@ STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 # --log-format's choices: words and Keras's progress for people, STEP/EPOCH JSON lines for scripts
 LOG_FORMATS = ("human", "json")
 LOG_FORMAT_ENV = "TRAINER_LOG_FORMAT"
+# How long a worker of a multi-worker job waits for the others (trainer.cluster.peers applies it):
+# at start-up, for a peer that never comes, and inside TensorFlow for one that stops answering.
+DEFAULT_PEER_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class TrainConfig:
     storage_options: dict = field(default_factory=dict)
     staging_dir: str | None = None
     flush_timeout_seconds: float = 20.0  # a stop waits this long for uploads: keep it under SLURM's KillWait (30 s)
+    peer_timeout_seconds: float = DEFAULT_PEER_TIMEOUT_SECONDS  # then a lost worker ends the others (exit 6)
     quiet: bool = False
     log_every_steps: int | None = None
     log_format: str = "human"           # "json": STEP/EPOCH lines on stdout instead of Keras's progress
@@ -94,12 +98,9 @@ class TrainConfig:
                 raise ConfigError(name, f"must be >= 1 or unset, got {value!r}")
         if self.save_every_seconds is not None and not (self.save_every_seconds > 0):
             raise ConfigError("save_every_seconds", f"must be > 0 or unset, got {self.save_every_seconds}")
-        if not (isinstance(self.lr_poll_seconds, (int, float)) and 0 < self.lr_poll_seconds < math.inf):
-            raise ConfigError("lr_poll_seconds", f"must be a number of seconds > 0, got {self.lr_poll_seconds!r}")
-        if not (isinstance(self.flush_timeout_seconds, (int, float)) and 0 < self.flush_timeout_seconds < math.inf):
-            raise ConfigError("flush_timeout_seconds",
-                              f"must be a number of seconds > 0, got {self.flush_timeout_seconds!r}",
-                              "keep it under the scheduler's grace period (SLURM KillWait: 30 s)")
+        _seconds(self, "lr_poll_seconds")
+        _seconds(self, "flush_timeout_seconds", "keep it under the scheduler's grace period (SLURM KillWait: 30 s)")
+        _seconds(self, "peer_timeout_seconds", f"the default, {DEFAULT_PEER_TIMEOUT_SECONDS:g}, suits most clusters")
         if not isinstance(self.max_to_keep, int) or self.max_to_keep < 2:
             raise ConfigError("max_to_keep", f"must be >= 2, got {self.max_to_keep}",
                               "keeping two means a corrupt newest checkpoint can fall back")
@@ -133,3 +134,9 @@ def _positive_int(cfg: TrainConfig, name: str) -> None:
     value = getattr(cfg, name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+def _seconds(cfg: TrainConfig, name: str, hint: str = "") -> None:
+    value = getattr(cfg, name)
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
+        raise ConfigError(name, f"must be a number of seconds > 0, got {value!r}", hint)

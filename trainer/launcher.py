@@ -12,11 +12,14 @@ preemptions always) and requeues with ``scontrol``.
 With several tasks (``nodes=2, tasks_per_node=1``) each task is one worker of a
 MultiWorkerMirroredStrategy (the workers find each other from SLURM's
 environment); all stop at the same step, only the first task requeues, and the
-others wait for that requeue to end them.
+others wait for that requeue to end them. A lost worker (exit code 6) is requeued
+as ``slurm/train.sh`` requeues it, by every surviving task.
 """
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 import warnings
 from typing import Callable
@@ -62,6 +65,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
             raise TrainingStopped(f"stopped by {signal.Signals(signum).name} at global step "
                                   f"{outcome.state.global_step if outcome.state else '?'}; "
                                   "resubmit the same job to resume")
+        if outcome.exit_code == errors.PEER_LOST and _requeued(outcome.exit_code):
+            time.sleep(REQUEUE_WAIT_S)  # the requeue ends this task, as it ends the others
         raise TrainingFailed(f"train exited with code {outcome.exit_code} (see the job's log; "
                              "codes are listed in README)")
 
@@ -78,6 +83,16 @@ def _submitit_handler(handlers: dict, signum: int) -> Callable | None:
         if callable(handler) and getattr(handler, "__name__", "") == "checkpoint_and_try_requeue":
             return handler
     return None
+
+
+def _requeued(code: int, env=None, run: Callable = subprocess.run) -> bool:
+    """A lost worker (code 6) inside SLURM: requeue the job as ``slurm/train.sh`` does (every
+    surviving task asks; the first request wins); whether it was requeued."""
+    env = os.environ if env is None else env
+    if not env.get("SLURM_JOB_ID"):
+        return False
+    from .cluster import requeue
+    return requeue.main([str(code)], env, run) == 0
 
 
 def _run_dir(train_args: list[str]) -> str | None:

@@ -8,6 +8,7 @@ returns their exit code.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -19,13 +20,14 @@ import tensorflow as tf
 from . import errors, export
 from .building import Built, add_callbacks, build
 from .checkpoint.store import CheckpointStore
-from .cluster import distribute
+from .cluster import distribute, peers
 from .config import TrainConfig
 from .data.streaming import StreamingData
 from .errors import TrainerError, report
 from .job import Job
 from .rundir import CHECKPOINTS_DIR, EVENTS_FILE, MODEL_FILE, local_dir
 from .session import Session, open_session, prepare_run_dir
+from .steering.blocking import Guard
 from .steering.signals import StopRequest
 from .training.events import NO_EVENTS, Events
 from .training.history import HistoryWriter
@@ -106,15 +108,35 @@ def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, rollback_to: str |
 
 def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, resume_command: str,
            stop: StopRequest) -> Result:
-    s, going_back = open_session(cfg, job, stop, resume_command, fresh, rollback_to)
+    try:
+        s, going_back = open_session(cfg, job, stop, resume_command, fresh, rollback_to)
+    except peers.StoppedWaiting as exc:  # (for the other workers: nothing to save yet)
+        _say_stopped(exc.signum, stop, "start-up, while waiting for the other workers", "no new checkpoint needed",
+                     resume_command)
+        return Result(errors.interrupted(exc.signum))
+    try:
+        return _started(s, fresh, going_back)
+    except PEER_ERRORS as exc:
+        if s.cluster.workers == 1:
+            raise
+        log.error("a worker of this job was lost (%s: %s); this worker stops too. The committed checkpoints "
+                  "are intact: restart the job (SLURM requeues it) to resume from the newest", type(exc).__name__,
+                  str(exc).strip().splitlines()[0][:300])
+        return Result(errors.PEER_LOST)
+
+
+def _started(s: Session, fresh: bool, going_back) -> Result:
+    """Every phase once the workers are connected; a lost peer raises one of PEER_ERRORS."""
     # Stopped during start-up: nothing to save yet. Workers decide together, so that none
     # goes on alone into a collective that its stopped peers never join.
-    startup = s.cluster.agreement.now(distribute.Decisions(stop=stop.signum))
+    with _waiting(s, "waiting for the other workers to connect"):
+        startup = s.cluster.agreement.now(distribute.Decisions(stop=s.stop.signum))
     if startup.stop:
         return _stopped(s, startup.stop, None)
-    built = _build(s)
+    built = _build(s)  # (unguarded: it runs the job's own code, which sees a stop at the next agreement)
     built_at = time.monotonic()
     went_back = prepare_run_dir(s, fresh, going_back)
+    cfg, job = s.cfg, s.job
     add_callbacks(built, job, cfg, s.storage, s.chief)
     store = CheckpointStore(built.groups, s.storage, s.checkpoint_dir(), cfg.max_to_keep, writes=s.chief,
                             on_device=cfg.snapshot_on_device, holds_replica_zero=s.cluster.replicas.first == 0)
@@ -123,17 +145,21 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
                    Events(local_dir(s.storage, EVENTS_FILE, cfg.staging_dir)) if s.chief else NO_EVENTS)
     try:
         return _run(s, run)
-    except PEER_ERRORS as exc:
-        if s.cluster.workers == 1:
-            raise
-        log.error("a worker of this job was lost (%s: %s); this worker stops too. The committed checkpoints "
-                  "are intact: restart the job (SLURM requeues it) to resume from the newest", type(exc).__name__,
-                  str(exc).strip().splitlines()[0][:300])
-        return Result(errors.PEER_LOST)
     finally:
         s.requests.close()
         run.writers.close()
         run.events.close()
+        run.events.close()
+
+
+def _waiting(s: Session, phase: str, bounded: bool = True):
+    """A guard (see :mod:`trainer.steering.blocking`) for a phase that waits in a collective for
+    the other workers: a stop signal ends it, and so, if ``bounded``, does --peer-timeout-seconds.
+    Nothing to guard with one worker."""
+    if s.cluster.workers == 1:
+        return contextlib.nullcontext()
+    awaited = "the other workers" if s.chief else "the chief (worker 0)"
+    return Guard(phase, s.cfg.peer_timeout_seconds if bounded else None, awaited)
 
 
 def _build(s: Session) -> Built:
@@ -221,8 +247,9 @@ def _restore(s: Session, run: Training) -> None:
     if s.chief:
         run.store.cleanup_stale()
         newest = run.store.newest_usable()
-    number = agreement.share(newest["number"] if newest else None)
-    run.store.follow(int(agreement.share(float(run.store.last_number)) or 0))
+    with _waiting(s, "choosing the checkpoint to restore"):
+        number = agreement.share(newest["number"] if newest else None)
+        run.store.follow(int(agreement.share(float(run.store.last_number)) or 0))
     manifest = run.store.restore(int(number)) if number else None
     s.timings["restore"] = time.monotonic() - run.built_at
     log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in s.timings.items() if v is not None))
@@ -265,7 +292,8 @@ def _apply_pending(s: Session, run: Training) -> None:
                       SaveSchedule(cfg.save_every_steps, cfg.save_every_seconds, cfg.keep_every_epochs))
     run.steering = Steering(built.model.optimizer, state, run.saver, run.writers, s.storage, run.steps, s.chief)
     pending = s.requests.immediate() if s.chief else None
-    value = s.cluster.agreement.share(pending.value if pending else None)
+    with _waiting(s, "sharing the learning-rate requests"):
+        value = s.cluster.agreement.share(pending.value if pending else None)
     if value is not None:
         run.steering.apply(value, [pending] if pending else [], s.requests if s.chief else None,
                            "requested while the run was stopped")
@@ -298,9 +326,12 @@ def _begin_and_end(built: Built, state: TrainerState) -> None:
 
 def _finished(s: Session, run: Training, checkpoint: int | None) -> Result:
     """Done only once the final checkpoint is in the run dir (no kill deadline here, so the
-    upload gets minutes); else a storage error: re-running on this machine uploads it."""
+    upload gets minutes); else a storage error: re-running on this machine uploads it. The
+    other workers wait for the chief's outcome: none says "done" before the run is."""
     ok = run.writers.flush("final", FINAL_FLUSH_TIMEOUT_S)
     exported = ok and s.cfg.export and s.chief and export.write_model(run.built.model, s.storage)
+    with _waiting(s, "waiting for the chief's final checkpoint and model", bounded=False):
+        ok = s.cluster.agreement.share(1.0 if ok else None) == 1.0  # the chief's outcome is everyone's
     return Result(errors.DONE if ok else errors.STORAGE_ERROR, run.state, checkpoint, _last_metrics(run.state),
                   s.storage.url(MODEL_FILE) if exported else None)
 
@@ -310,19 +341,25 @@ def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | No
     state = run.state if run else None
     if run is not None:
         run.writers.flush("stop")
-    took = time.monotonic() - s.stop.received_at if s.stop.received_at else 0.0
     where = f"checkpoint ckpt-{checkpoint}" if checkpoint else "no new checkpoint needed"
     position = state.position(run.steps) if state else "start-up, before training"
-    print(f"\n[trainer] {distribute.signal_name(signum)} received: stopped at {position}; {where} "
-          f"({took:.2f}s from signal to exit).", flush=True)
-    if s.resume_command:
-        print(f"[trainer] resume with: {s.resume_command}", flush=True)
+    took = _say_stopped(signum, s.stop, position, where, s.resume_command)
     if run is not None:
         at = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": run.steps,
-              "global_step": state.global_step} if state else {}
+              "global_step": state.global_step}
         run.events.write("stop", signal=distribute.signal_name(signum), **at, checkpoint=checkpoint,
                          seconds=round(took, 3), resume_command=s.resume_command or None)
     return Result(errors.interrupted(signum), state, checkpoint, _last_metrics(state) if state else {})
+
+
+def _say_stopped(signum: int, stop: StopRequest, position: str, where: str, resume_command: str) -> float:
+    """The stop line and the resume command; the seconds from the signal to here."""
+    took = time.monotonic() - stop.received_at if stop.received_at else 0.0
+    print(f"\n[trainer] {distribute.signal_name(signum)} received: stopped at {position}; {where} "
+          f"({took:.2f}s from signal to exit).", flush=True)
+    if resume_command:
+        print(f"[trainer] resume with: {resume_command}", flush=True)
+    return took
 
 
 def _process_age_s() -> float | None:

@@ -24,6 +24,7 @@ from .config import ConfigError, TrainConfig, dumps
 from .job import Job, describe, same_job
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE
 from .steering.requests import LrRequests
+from .steering.blocking import held_during_connect
 from .steering.signals import StopRequest
 from .storage import Storage, open_storage
 
@@ -62,10 +63,11 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
         raise ConfigError("from", "cannot be combined with --fresh", "--fresh starts over; --from goes back")
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    cluster = distribute.setup(cfg.strategy, cfg.cpu_devices)  # before any other TF op; waits for every worker
-    stop.reclaim()
+    # before any other TF op; waits for every worker (at most cfg.peer_timeout_seconds)
+    cluster = distribute.setup(cfg.strategy, cfg.cpu_devices, cfg.peer_timeout_seconds, lambda: stop.signum,
+                               lambda: held_during_connect(stop))
     if cluster.workers > 1:
-        log.info("%s", cluster.role())  # (after reclaim: a test may signal us on this line)
+        log.info("%s", cluster.role())  # (after the handlers are back: a test may signal us on this line)
     storage = open_storage(cfg.run_dir, cfg.storage_options)
     rundir.for_training(storage)  # probes a remote store
     requests = LrRequests(storage, cfg.lr_poll_seconds)

@@ -10,6 +10,7 @@ into the step's ``tf.function``; see :class:`CollectiveAgreement`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from ..config import STRATEGIES
+from ..config import DEFAULT_PEER_TIMEOUT_SECONDS, STRATEGIES
 from ..data.sources import Replicas
 from ..errors import BAD_INPUT, TrainerError
+from . import peers
 
 log = logging.getLogger("trainer")
 
@@ -236,10 +238,16 @@ def _node_addr(node: str) -> str:
     return match.group(1) if match else node
 
 
-def setup(kind: str = "auto", cpu_devices: int | None = None) -> Cluster:
+def setup(kind: str = "auto", cpu_devices: int | None = None,
+          peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_SECONDS, stopped=lambda: None,
+          connecting=contextlib.nullcontext) -> Cluster:
     """The strategy for ``kind`` (one of STRATEGIES) and this process's place in it. Call it
     before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime, and so
-    does splitting the CPU into ``cpu_devices`` logical devices (MirroredStrategy over them)."""
+    does splitting the CPU into ``cpu_devices`` logical devices (MirroredStrategy over them).
+
+    Several workers wait for each other at most ``peer_timeout_s`` (:mod:`.peers`), and stop
+    waiting as soon as ``stopped()`` names a signal; TensorFlow's connection runs inside
+    ``connecting()``, a context manager (it holds the interpreter lock while it waits)."""
     if kind not in STRATEGIES:
         raise ValueError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {kind!r}")
     resolver = find_cluster() if kind in ("auto", "multi-worker") else None
@@ -250,7 +258,7 @@ def setup(kind: str = "auto", cpu_devices: int | None = None) -> Cluster:
         if cpu_devices:
             raise ClusterError("--cpu-devices: splits the CPU of one process; this process is one worker of "
                                "several (TF_CONFIG or srun): drop --cpu-devices, or start one process")
-        return _multi_worker(resolver)
+        return _multi_worker(resolver, peer_timeout_s, stopped, connecting)
     devices = split_cpu(cpu_devices) if cpu_devices else None
     if kind == "auto":
         kind = "mirrored" if devices and len(devices) > 1 or len(tf.config.list_physical_devices("GPU")) > 1 \
@@ -275,13 +283,24 @@ def split_cpu(count: int) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
-def _multi_worker(resolver) -> Cluster:
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+def _multi_worker(resolver, peer_timeout_s: float, stopped, connecting) -> Cluster:
     spec = resolver.cluster_spec().as_dict()
-    workers = sum(len(spec.get(k, [])) for k in ("chief", "worker"))
+    everyone = peers.workers_of(spec)
     index = resolver.task_id if resolver.task_type != "chief" else 0
     if resolver.task_type == "worker" and "chief" in spec:
         index += 1
+    others = [w for w in everyone if w.index != index]
+    peers.wait_for_peers(everyone[index], others, peer_timeout_s, stopped)
+    peers.configure_coordination(resolver.cluster_spec(), peer_timeout_s)
+    try:
+        with connecting():
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.AbortedError) as exc:
+        raise peers.PeerLost(f"could not connect to {', '.join(map(str, others))} within {peer_timeout_s:g} s "
+                             f"(--peer-timeout-seconds): a worker stopped while the job connected "
+                             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}). This worker "
+                             "stops; restart the job (SLURM requeues it)") from None
+    workers = len(everyone)
     local = len(strategy.extended.worker_devices)
     is_chief = index == 0
     replicas = Replicas(total=strategy.num_replicas_in_sync, first=index * local, local=local)
