@@ -24,7 +24,8 @@ PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
 TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "snapshot_on_device",
                  "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_seconds",
-                 "quiet", "log_every_steps", "tensorboard", "export", "max_steps")
+                 "quiet", "log_every_steps", "tensorboard", "export", "max_steps", "notices",
+                 "notice_margin_seconds")
 
 
 def _json_object(text: str) -> dict:
@@ -79,7 +80,12 @@ def train_parser(job=None) -> argparse.ArgumentParser:
             ("--log-every-steps", int, "print a STEP line every N steps (for log files)"),
             ("--max-steps", int, "end the run once global step N is done, with a checkpoint, as if its "
                                  "epochs ended there (a later start may raise it; `verify` bounds its runs so)"),
-            ("--staging-dir", str, "local folder for checkpoints of a remote run dir")):
+            ("--staging-dir", str, "local folder for checkpoints of a remote run dir"),
+            ("--notices", str, "the clouds whose preemption notices to watch: auto (default: the one this "
+                               "machine's DMI strings name, if any), off, or a list such as aws,gce,azure "
+                               "(default: $TRAINER_NOTICES, else auto)"),
+            ("--notice-margin-seconds", float, "a stop before a notice's deadline leaves this much time beyond "
+                                               "a step and a save (default 10)")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
     t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_seconds", type=float,
                    default=None, metavar="T",

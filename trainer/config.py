@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,10 @@ IDENTITY_FIELDS = ("seed",)
 # --strategy's choices (trainer.cluster.distribute builds them): named here so that validating a
 # config does not import TensorFlow
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+# where a preemption notice can come from (trainer.steering.notices watches them; the workers'
+# agreement gives each a slot)
+NOTICE_SOURCES = ("signal", "slurm", "aws", "aws-rebalance", "gce", "gce-maintenance", "azure")
+NOTICE_PLATFORMS = ("aws", "gce", "azure")  # what --notices may list
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class TrainConfig:
     tensorboard: bool = True
     export: bool = True                 # write <run-dir>/model.keras at the end
     max_steps: int | None = None        # end after this global step, as if the epochs ended there (verify)
+    # the clouds to watch for preemption notices: auto (from the DMI strings), off, or e.g. "aws,gce"
+    notices: str = field(default_factory=lambda: os.environ.get("TRAINER_NOTICES") or "auto")
+    notice_margin_seconds: float = 10.0  # a stop before a deadline leaves this much beyond a step and a save
 
     def __post_init__(self):
         self.validate()
@@ -94,6 +102,10 @@ class TrainConfig:
             raise ConfigError("flush_timeout_seconds",
                               f"must be a number of seconds > 0, got {self.flush_timeout_seconds!r}",
                               "keep it under the scheduler's grace period (SLURM KillWait: 30 s)")
+        _check_notices(self.notices)
+        if not (isinstance(self.notice_margin_seconds, (int, float)) and 0 <= self.notice_margin_seconds < math.inf):
+            raise ConfigError("notice_margin_seconds",
+                              f"must be a number of seconds >= 0, got {self.notice_margin_seconds!r}")
         if not isinstance(self.max_to_keep, int) or self.max_to_keep < 2:
             raise ConfigError("max_to_keep", f"must be >= 2, got {self.max_to_keep}",
                               "keeping two means a corrupt newest checkpoint can fall back")
@@ -112,6 +124,14 @@ class TrainConfig:
 
 def dumps(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=True)
+
+
+def _check_notices(value) -> None:
+    names = [n.strip() for n in str(value).lower().split(",") if n.strip()] if isinstance(value, str) else [None]
+    if names in (["auto"], ["off"]) or (names and all(n in NOTICE_PLATFORMS for n in names)):
+        return
+    raise ConfigError("notices", f"expected auto, off or a comma-separated list of {', '.join(NOTICE_PLATFORMS)}, "
+                      f"got {value!r}", "$TRAINER_NOTICES gives the default")
 
 
 def _positive_int(cfg: TrainConfig, name: str) -> None:

@@ -104,9 +104,18 @@ def train(cfg: TrainConfig, job: Job, *, fresh: bool = False, rollback_to: str |
 def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, resume_command: str,
            stop: StopRequest) -> Result:
     s, going_back = open_session(cfg, job, stop, resume_command, fresh, rollback_to)
+    try:
+        return _opened(s, fresh, going_back)
+    finally:
+        s.deadlines.close()
+
+
+def _opened(s: Session, fresh: bool, going_back) -> Result:
+    """Build, prepare the run dir, restore and train, once the session is open."""
+    cfg, job = s.cfg, s.job
     # Stopped during start-up: nothing to save yet. Workers decide together, so that none
     # goes on alone into a collective that its stopped peers never join.
-    startup = s.cluster.agreement.now(distribute.Decisions(stop=stop.signum))
+    startup = s.cluster.agreement.now(distribute.Decisions(stop=s.deadlines.signal_stop()))
     if startup.stop:
         return _stopped(s, startup.stop, None)
     built = _build(s)
@@ -152,13 +161,13 @@ def _run(s: Session, run: Training) -> Result:
               + ("" if state.stopped_early else " Raise --epochs to train longer."), flush=True)
         _begin_and_end(run.built, state)
         return _finished(s, run, None)
-    stopping = s.cluster.agreement.now(distribute.Decisions(stop=s.stop.signum)).stop  # (signalled while building)
+    stopping = s.cluster.agreement.now(distribute.Decisions(stop=s.deadlines.signal_stop())).stop  # (while building)
     if stopping:
         return _stopped(s, stopping, run)
     try:
         _loop(s, run).run()
     except Interrupted as exc:
-        return _stopped(s, exc.signum, run, exc.checkpoint)
+        return _stopped(s, exc.signum, run, exc.checkpoint, exc.sources)
     limit = f" (--max-steps {cfg.max_steps})" if state.epoch < cfg.epochs and not state.stopped_early else ""
     print(f"training complete{limit}: {state.epoch} epochs, global step {state.global_step}, "
           f"final {json.dumps(_last_metrics(state))}", flush=True)
@@ -229,7 +238,8 @@ def _loop(s: Session, run: Training) -> Loop:
                 progress=Progress(run.state, run.steps, cfg.epochs, cfg.quiet, cfg.log_every_steps),
                 steering=run.steering, requests=s.requests if s.chief else None, history=run.writers.history,
                 callbacks=built.callbacks, callback_states=built.callback_states,
-                validation_freq=s.job.fit_options().validation_freq, max_steps=cfg.max_steps)
+                validation_freq=s.job.fit_options().validation_freq, max_steps=cfg.max_steps,
+                deadlines=s.deadlines, writers=run.writers)
 
 
 def _begin_and_end(built: Built, state: TrainerState) -> None:
@@ -249,16 +259,23 @@ def _finished(s: Session, run: Training, checkpoint: int | None) -> Result:
     return Result(errors.DONE if ok else errors.STORAGE_ERROR, run.state, checkpoint, _last_metrics(run.state))
 
 
-def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | None = None) -> Result:
-    """Stopped by a signal: flush what was written, say where the run stopped and how to resume."""
+def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | None = None,
+             sources: tuple = ()) -> Result:
+    """Stopped by a signal or a notice: flush what was written, say where the run stopped (and,
+    for a notice, how close to its deadline) and how to resume."""
     state = run.state if run else None
     if run is not None:
         run.writers.flush("stop")
-    took = time.monotonic() - s.stop.received_at if s.stop.received_at else 0.0
+    s.deadlines.acknowledge()
     where = f"checkpoint ckpt-{checkpoint}" if checkpoint else "no new checkpoint needed"
     position = state.position(run.steps) if state else "start-up, before training"
-    print(f"\n[trainer] {distribute.signal_name(signum)} received: stopped at {position}; {where} "
-          f"({took:.2f}s from signal to exit).", flush=True)
+    notice = s.deadlines.stop_summary(state.global_step, checkpoint, sources) if state and sources else None
+    if notice:
+        print(f"\n[trainer] {notice}.\n[trainer] stopped at {position}; {where}.", flush=True)
+    else:
+        took = time.monotonic() - s.stop.received_at if s.stop.received_at else 0.0
+        print(f"\n[trainer] {distribute.signal_name(signum)} received: stopped at {position}; {where} "
+              f"({took:.2f}s from signal to exit).", flush=True)
     if s.resume_command:
         print(f"[trainer] resume with: {s.resume_command}", flush=True)
     return Result(errors.interrupted(signum), state, checkpoint, _last_metrics(state) if state else {})

@@ -23,9 +23,12 @@ from .cluster import distribute
 from .config import ConfigError, TrainConfig, dumps
 from .job import Job, describe, same_job
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE
+from .cluster.requeue import job_end_time
+from .steering.notices import EndTime, Watcher
 from .steering.requests import LrRequests
 from .steering.signals import StopRequest
 from .storage import Storage, open_storage
+from .training.deadline import Deadlines
 
 log = logging.getLogger("trainer")
 
@@ -40,6 +43,7 @@ class Session:
     cluster: distribute.Cluster
     storage: Storage
     requests: LrRequests      # the run dir's learning-rate requests
+    deadlines: Deadlines      # the signals and preemption notices, and what they leave time for
     timings: dict = field(default_factory=dict)  # start-up phases, logged once restored
 
     @property
@@ -73,7 +77,16 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
         _check_config(storage, cfg, job)
     going_back = (rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID"))
                   if rollback_to and cluster.is_chief else None)
-    return Session(cfg, job, stop, resume_command, cluster, storage, requests), going_back
+    deadlines = watch_notices(cfg, stop)  # (last: nothing above may fail with its threads started)
+    return Session(cfg, job, stop, resume_command, cluster, storage, requests, deadlines), going_back
+
+
+def watch_notices(cfg: TrainConfig, stop: StopRequest, env=os.environ) -> Deadlines:
+    """Start watching the chosen clouds' notices (threads; nothing on a machine that is no cloud)
+    and, in a SLURM job, look up its end time: both off the training thread."""
+    job = env.get("SLURM_JOB_ID")
+    end_time = EndTime((lambda: job_end_time(job)) if job else None)
+    return Deadlines(stop, Watcher.for_choice(cfg.notices, env).start(), end_time, cfg.notice_margin_seconds)
 
 
 def prepare_run_dir(s: Session, fresh: bool, going_back: rollback.Plan | None) -> dict | None:
