@@ -1,7 +1,6 @@
 """Preemption notices, piece by piece: each platform's source against a stub that speaks its
 protocol (on 127.0.0.1), platform detection from DMI strings, the watcher's handling of broken
 services, and the deadline rule with a driven clock."""
-import json
 import logging
 import signal
 import socket

@@ -5,7 +5,7 @@ user's job written outside the repo (``--job``).
 The time-limit runs cannot finish early on a fast machine: each batch of the user job
 takes at least ``--sleep-s``. The warning signal carries the job's end time, and the
 trainer trains until the last step that leaves a save and ``--notice-margin-seconds``
-(10) before it: an allocation of one minute gives less than 50 s of training, and a run
+(5) before it: an allocation of one minute gives less than 55 s of training, and a run
 of 1344 steps of 82 ms needs 110 s: at least two requeues on any machine. The two-task
 run keeps a 40 s margin, so that an allocation gives at most 20 s and its 43 s of
 training need two requeues too. SLURM may send the warning up to 60 s earlier than
@@ -29,7 +29,7 @@ LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  
 LONG_STEPS = 21 * 64
 SLOW = ["--sleep-s", "0.032", "--notice-margin-seconds", "40"]
 SLOWER = ["--sleep-s", "0.082"]
-MARGIN = 10.0  # the default --notice-margin-seconds
+MARGIN = 5.0  # the default --notice-margin-seconds
 USED = re.compile(r"SLURM time limit warning: job ends at \S+; trained (\d+) more steps?; checkpoint ckpt-\d+, "
                   r"(\d+) s before the deadline")
 DECISION = re.compile(r"stopping before the deadline: [\d.]+ s left; \d+ step\(s\) take ([\d.]+) s, "

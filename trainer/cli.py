@@ -85,7 +85,7 @@ def train_parser(job=None) -> argparse.ArgumentParser:
                                "machine's DMI strings name, if any), off, or a list such as aws,gce,azure "
                                "(default: $TRAINER_NOTICES, else auto)"),
             ("--notice-margin-seconds", float, "a stop before a notice's deadline leaves this much time beyond "
-                                               "a step and a save (default 10)")):
+                                               "a step and a save (default 5)")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
     t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_seconds", type=float,
                    default=None, metavar="T",

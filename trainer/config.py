@@ -73,7 +73,7 @@ class TrainConfig:
     max_steps: int | None = None        # end after this global step, as if the epochs ended there (verify)
     # the clouds to watch for preemption notices: auto (from the DMI strings), off, or e.g. "aws,gce"
     notices: str = field(default_factory=lambda: os.environ.get("TRAINER_NOTICES") or "auto")
-    notice_margin_seconds: float = 10.0  # a stop before a deadline leaves this much beyond a step and a save
+    notice_margin_seconds: float = 5.0  # a stop before a deadline leaves this much beyond a step and a save
 
     def __post_init__(self):
         self.validate()

@@ -52,7 +52,7 @@ class Deadlines:
     stop: StopRequest
     watcher: Watcher | None = None
     end_time: EndTime | None = None     # the SLURM job's, for its warning signal
-    margin: float = 10.0
+    margin: float = 5.0
     clock: Callable[[], float] = time.time
     seen: list = field(default_factory=list)   # [(notice, its history record)], in order
     active: tuple | None = None         # the (notice, record) with the earliest deadline that stops the run
