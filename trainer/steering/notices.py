@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -149,7 +150,7 @@ class EndTime:
         def fetch():
             try:
                 self.value = lookup()
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
                 log.warning("could not read the SLURM job's end time (%s): a warning signal stops at once", exc)
             self._done.set()
         threading.Thread(target=fetch, name="slurm-end-time", daemon=True).start()

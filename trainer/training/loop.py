@@ -257,6 +257,10 @@ class Loop:
         started = time.monotonic()
         self._record_notices()
         self.saver.save("notice")
+        self._committed(started)
+
+    def _committed(self, started: float) -> None:
+        """Wait until the save begun at ``started`` is committed; its time is a save's."""
         if self.writers is not None:
             self.writers.flush("notice")
         self.deadlines.measure_save(time.monotonic() - started)
@@ -305,11 +309,14 @@ class Loop:
         state.stopped_early = state.stopped_early or model.stop_training
         # (agreed before the save, so that a stop's notices are in the checkpoint it stops with)
         decided = self.agreement.now(self._local(self.steps_per_execution, self.train.steps_per_epoch))
-        if decided.stop:
-            self._record_notices(stopping=True)
+        if decided.stop or decided.notice_save:
+            self._record_notices(stopping=bool(decided.stop))
+        saving = time.monotonic()
         number = self.saver.save("stopped by a callback" if model.stop_training else "epoch end")
         if self.history is not None:
             self.history.submit_history(state.history)
+        if decided.notice_save:  # (a notice taken here: this save is its insurance; committed, and timed)
+            self._committed(saving)
         self.deadlines.epoch_end_seconds = time.monotonic() - ending
         self.progress.epoch_end(epoch, logs)
         if decided.stop:
