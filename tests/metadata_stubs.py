@@ -203,9 +203,10 @@ class AzureEvents(Stub):
 
 class Platform(threading.Thread):
     """What a cloud does at the deadline: SIGTERM to the process, then SIGKILL ``kill_after_s``
-    later. ``killed`` says whether it had to (the trainer should be gone by then)."""
+    later (30 s: GCE's shutdown period, Kubernetes's default grace). ``killed`` says what it had
+    to send (the trainer should have committed and stopped before the first)."""
 
-    def __init__(self, pid: int, deadline: float, kill_after_s: float = 5.0):
+    def __init__(self, pid: int, deadline: float, kill_after_s: float = 30.0):
         super().__init__(daemon=True)
         self.pid, self.deadline, self.kill_after_s = pid, deadline, kill_after_s
         self.cancelled = threading.Event()
