@@ -163,13 +163,15 @@ class Deadlines:
         what = f"{notice.detail} at {clock_time(notice.deadline)}".strip() if notice.deadline else notice.detail
         return f"{notice.label}: {what or 'no deadline'}"
 
-    def stopping(self, global_step: int, checkpoint: int) -> None:
+    def stopping(self, global_step: int, checkpoint: int) -> bool:
         """The run stops at ``global_step`` with ``checkpoint``: completes the active notice's
-        record (before that checkpoint is saved, so that it holds the record)."""
-        if self.active is not None:
-            notice, record = self.active
-            record.update({"stopped_at_step": global_step, "checkpoint": checkpoint,
-                           "seconds_left_at_stop": round(notice.deadline - self.clock(), 1)})
+        record (before that checkpoint is saved, so that it holds the record); whether there was one."""
+        if self.active is None:
+            return False
+        notice, record = self.active
+        record.update({"stopped_at_step": global_step, "checkpoint": checkpoint,
+                       "seconds_left_at_stop": round(notice.deadline - self.clock(), 1)})
+        return True
 
     def stop_summary(self, global_step: int, checkpoint: int | None, agreed: tuple) -> str | None:
         """The stop line's first part ("AWS spot notice: terminate at 12:01:30Z; trained 94 more

@@ -243,7 +243,7 @@ class Loop:
         if decided.stop:
             if state.step_in_epoch == steps:  # the resumed run starts at this epoch's end, without a step
                 state.last_step_logs = _pythonify(logs)
-            self._record_notices(stopping=True)
+            self._record_notices()
             number = self.saver.save("notice" if decided.sources else "signal")
             raise Interrupted(decided.stop, number, decided.sources)
         if decided.notice_save:
@@ -255,21 +255,22 @@ class Loop:
         """A checkpoint committed at once on a notice, as insurance; its time is what a later stop
         must leave room for (the upload included, for a remote run dir)."""
         started = time.monotonic()
-        self._record_notices()
+        new = self.deadlines.record(self.state.history)
         self.saver.save("notice")
         self._committed(started)
+        if new and self.history is not None:  # (after the timing: history.png takes a while to draw)
+            self.history.submit_history(self.state.history)
 
     def _committed(self, started: float) -> None:
         """Wait until the save begun at ``started`` is committed; its time is a save's."""
         if self.writers is not None:
-            self.writers.flush("notice")
+            self.writers.commit()
         self.deadlines.measure_save(time.monotonic() - started)
 
-    def _record_notices(self, stopping: bool = False) -> None:
-        """The notices' records into the history, before the save that holds them."""
-        if stopping:
-            self.deadlines.stopping(self.state.global_step, self.saver.store.last_number + 1)
-        if (self.deadlines.record(self.state.history) or stopping) and self.history is not None:
+    def _record_notices(self) -> None:
+        """At a stop: the notices' records, complete, into the history, before the save that holds them."""
+        changed = self.deadlines.stopping(self.state.global_step, self.saver.store.last_number + 1)
+        if (self.deadlines.record(self.state.history) or changed) and self.history is not None:
             self.history.submit_history(self.state.history)
 
     def _apply_scheduled(self, epoch: int) -> None:
@@ -309,8 +310,10 @@ class Loop:
         state.stopped_early = state.stopped_early or model.stop_training
         # (agreed before the save, so that a stop's notices are in the checkpoint it stops with)
         decided = self.agreement.now(self._local(self.steps_per_execution, self.train.steps_per_epoch))
-        if decided.stop or decided.notice_save:
-            self._record_notices(stopping=bool(decided.stop))
+        if decided.stop:
+            self._record_notices()
+        elif decided.notice_save:
+            self.deadlines.record(state.history)  # (history.json follows with this epoch's record)
         saving = time.monotonic()
         number = self.saver.save("stopped by a callback" if model.stop_training else "epoch end")
         if self.history is not None:
