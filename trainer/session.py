@@ -63,6 +63,7 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
     ``--from``; the session and the rollback to make (on the chief)."""
     if fresh and rollback_to:
         raise ConfigError("from", "cannot be combined with --fresh", "--fresh starts over; --from goes back")
+    end_time = slurm_end_time()  # (a warning may come during start-up: the lookup starts first)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     cluster = distribute.setup(cfg.strategy, cfg.cpu_devices)  # before any other TF op; waits for every worker
@@ -77,16 +78,15 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
         _check_config(storage, cfg, job)
     going_back = (rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID"))
                   if rollback_to and cluster.is_chief else None)
-    deadlines = watch_notices(cfg, stop)  # (last: nothing above may fail with its threads started)
+    # (last: nothing above may fail with the watcher's threads started)
+    deadlines = Deadlines(stop, Watcher.for_choice(cfg.notices).start(), end_time, cfg.notice_margin_seconds)
     return Session(cfg, job, stop, resume_command, cluster, storage, requests, deadlines), going_back
 
 
-def watch_notices(cfg: TrainConfig, stop: StopRequest, env=os.environ) -> Deadlines:
-    """Start watching the chosen clouds' notices (threads; nothing on a machine that is no cloud)
-    and, in a SLURM job, look up its end time: both off the training thread."""
+def slurm_end_time(env=os.environ) -> EndTime:
+    """In a SLURM job, its end time, looked up off the training thread (for the warning signal)."""
     job = env.get("SLURM_JOB_ID")
-    end_time = EndTime((lambda: job_end_time(job)) if job else None)
-    return Deadlines(stop, Watcher.for_choice(cfg.notices, env).start(), end_time, cfg.notice_margin_seconds)
+    return EndTime((lambda: job_end_time(job)) if job else None)
 
 
 def prepare_run_dir(s: Session, fresh: bool, going_back: rollback.Plan | None) -> dict | None:

@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,9 +141,10 @@ def slurm_deadline(signum: int, now: float, end_time: float | None, warning_sign
 class EndTime:
     """A SLURM job's end time, looked up once off the training thread (``lookup`` calls squeue)."""
 
-    def __init__(self, lookup: Callable[[], float | None] | None):
+    def __init__(self, lookup: Callable[[], float | None] | None, wait_s: float = 10.0):
         self.value: float | None = None
         self._done = threading.Event()
+        self._give_up_at = time.monotonic() + wait_s
         if lookup is None:
             self._done.set()
             return
@@ -159,4 +161,9 @@ class EndTime:
     def known(self) -> bool:
         """The lookup has ended (with a time or without one); never waits."""
         return self._done.is_set()
+
+    @property
+    def overdue(self) -> bool:
+        """The lookup has taken longer than a lookup should (a warning then stops at once)."""
+        return not self._done.is_set() and time.monotonic() > self._give_up_at
 

@@ -28,7 +28,6 @@ log = logging.getLogger("trainer")
 
 SLURM_WARNING = signal.SIGUSR1       # what slurm/train.sh asks SLURM for (--signal=B:USR1@N)
 SLURM_WARNING_WINDOW_S = 300.0      # a warning this close to the end time is the time limit's
-END_TIME_WAIT_S = 10.0              # a warning waits this long for the end time's lookup, then stops at once
 
 
 def should_stop_now(remaining: float, step_seconds: float, save_seconds: float, margin: float,
@@ -83,7 +82,7 @@ class Deadlines:
         if self.end_time is None or signum != SLURM_WARNING:
             return signum
         if not self.end_time.known:  # (looked up since the run started: wait a little, not for ever)
-            return None if time.monotonic() - self.stop.received_at < END_TIME_WAIT_S else signum
+            return signum if self.end_time.overdue else None
         deadline = slurm_deadline(signum, self.clock(), self.end_time.value, SLURM_WARNING, SLURM_WARNING_WINDOW_S)
         if deadline is None:
             return signum
