@@ -27,7 +27,7 @@ from bench.common import ENV, ROOT, markdown_table, trainer_cmd, write_json
 JOB = ["--preset", "small", "--train-size", "8192", "--epochs", "50", "--no-tensorboard", "--quiet"]
 STOP = re.compile(r"trained (\d+) more steps?; checkpoint ckpt-\d+, (\d+) s before the deadline")
 DECISION = re.compile(r"stopping before the deadline: ([\d.]+) s left; \d+ step\(s\) take ([\d.]+) s, "
-                      r"(?:the epoch's end ([\d.]+) s, )?a save ([\d.]+) s")
+                      r"(?:an epoch's turn ([\d.]+) s, )?a save ([\d.]+) s")
 
 
 def first_step(proc: subprocess.Popen, target: int = 1) -> str:

@@ -33,7 +33,7 @@ MARGIN = 5.0  # the default --notice-margin-seconds
 USED = re.compile(r"SLURM time limit warning: job ends at \S+; trained (\d+) more steps?; checkpoint ckpt-\d+, "
                   r"(\d+) s before the deadline")
 DECISION = re.compile(r"stopping before the deadline: [\d.]+ s left; \d+ step\(s\) take ([\d.]+) s, "
-                      r"(?:the epoch's end ([\d.]+) s, )?a save ([\d.]+) s")
+                      r"(?:an epoch's turn ([\d.]+) s, )?a save ([\d.]+) s")
 WARNING = "--signal=B:USR1@40"
 
 

@@ -23,7 +23,7 @@ from tests.metadata_stubs import AwsImds, AzureEvents, GceMetadata, Platform
 LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 64 steps (test_slurm's)
 MARGIN = 5.0  # the default --notice-margin-seconds
 DECISION = re.compile(r"stopping before the deadline: ([\d.]+) s left; \d+ step\(s\) take ([\d.]+) s, "
-                      r"(?:the epoch's end ([\d.]+) s, )?a save ([\d.]+) s")
+                      r"(?:an epoch's turn ([\d.]+) s, )?a save ([\d.]+) s")
 RECORDING = """
 import socket, sys
 from trainer.cli import main
@@ -86,7 +86,7 @@ def preempted(args, env, rng, announce, window_s: float, label: str, before=None
     decision = DECISION.search(out)
     assert decision, out
     step_s, epoch_end_s, save_s = (float(g or 0) for g in decision.groups()[1:])
-    # used: no more than a step (an epoch's end, if one came next) and a save left beyond the margin
+    # used: no more than a step (an epoch's turn, if one came next) and a save left beyond the margin
     assert deadline - committed <= MARGIN + step_s + epoch_end_s + save_s, (deadline - committed, out)
     assert int(stop.group(2)) > 0, out  # trained on after the notice
     assert "committing a checkpoint now" in out, out

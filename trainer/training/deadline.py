@@ -58,7 +58,8 @@ class Deadlines:
     active: tuple | None = None         # the (notice, record) with the earliest deadline that stops the run
     step_seconds: float = 0.0
     save_seconds: float = 0.0
-    epoch_end_seconds: float = 0.0      # validation, callbacks and the epoch-end save
+    epoch_turn_seconds: float = 0.0     # from an epoch's last step to the next one's first: validation,
+                                        # callbacks, the epoch-end save, the new epoch's data
     _signal_taken: bool = False
 
     # -- measuring --------------------------------------------------------
@@ -68,6 +69,10 @@ class Deadlines:
         per_step = seconds / max(count, 1)
         average = 0.8 * self.step_seconds + 0.2 * per_step if self.step_seconds else per_step
         self.step_seconds = max(average, per_step)
+
+    def measure_epoch_turn(self, seconds: float) -> None:
+        """The latest epoch turn, or most of the slowest before it (the first one traces)."""
+        self.epoch_turn_seconds = max(seconds, 0.8 * self.epoch_turn_seconds)
 
     def measure_save(self, seconds: float) -> None:
         self.save_seconds = max(self.save_seconds, seconds)
@@ -93,7 +98,7 @@ class Deadlines:
     def local(self, where: dict, steps_ahead: int, extra_seconds: float = 0.0) -> Local:
         """This worker's view at a boundary (``where``: the position, for the records): new notices
         acted on, then whether the earliest deadline still leaves room for ``steps_ahead`` more
-        steps (and ``extra_seconds``: an epoch's end among them), a save and the margin."""
+        steps (and ``extra_seconds``: an epoch's turn among them), a save and the margin."""
         out = Local(stop=self.signal_stop())
         for notice in self.watcher.take() if self.watcher else []:
             self._take(notice)
@@ -110,7 +115,7 @@ class Deadlines:
                                steps_ahead):
                 log.info("stopping before the deadline: %.1f s left; %d step(s) take %.2f s, %sa save %.2f s, "
                          "margin %g s", remaining, steps_ahead, steps_ahead * self.step_seconds,
-                         f"the epoch's end {extra_seconds:.2f} s, " if extra_seconds else "", self.save_seconds,
+                         f"an epoch's turn {extra_seconds:.2f} s, " if extra_seconds else "", self.save_seconds,
                          self.margin)
                 out.stop = notice.signum
                 sources.add(notice.source)

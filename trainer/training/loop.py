@@ -94,6 +94,7 @@ class Loop:
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
         self.deadlines = self.deadlines or Deadlines(self.stop)
         self._timed_once = False
+        self._turn_began: float | None = None  # when the last epoch's end began
 
     # -- tf.functions -----------------------------------------------------
     def _make_train_functions(self):
@@ -165,6 +166,9 @@ class Loop:
         self.progress.epoch_begin(epoch)
         # (a stop after an epoch's last step resumes with no step left: straight to the epoch's end)
         iterator = self._iterator(self.train, epoch, start, training=True) if start < steps else None
+        if self._turn_began is not None:  # (from the last epoch's end to this epoch's first step)
+            self.deadlines.measure_epoch_turn(time.monotonic() - self._turn_began)
+            self._turn_began = None
         logs = None  # the last execution's logs, as train_step returned them
         n = self.steps_per_execution
         while state.step_in_epoch < steps:
@@ -229,7 +233,8 @@ class Loop:
         ``steps_ahead`` steps away."""
         req = self.requests.immediate() if self.requests else None
         state = self.state
-        extra = self.deadlines.epoch_end_seconds if state.step_in_epoch + steps_ahead >= steps else 0.0
+        turn = state.step_in_epoch == 0 or state.step_in_epoch + steps_ahead >= steps  # (at or before an epoch's end)
+        extra = self.deadlines.epoch_turn_seconds if turn else 0.0
         notices = self.deadlines.local({"position": state.epoch + state.step_in_epoch / steps,
                                         "global_step": state.global_step}, steps_ahead, extra)
         return Decisions(stop=notices.stop, save=self.saver.time_due(), lr=req.value if req else None,
@@ -290,7 +295,7 @@ class Loop:
         stopped_early = model.stop_training
         if stopped_early and state.step_in_epoch < self.train.steps_per_epoch:
             log.warning("a callback stopped training in the middle of epoch %d; the run ends here", epoch + 1)
-        ending = time.monotonic()
+        self._turn_began = time.monotonic()
         lr, seconds = self.saver.current_lr(), round(self.saver.epoch_seconds(), 3)
         epoch_hook = getattr(self.train, "on_epoch_end", None)  # a PyDataset's
         if epoch_hook:
@@ -320,7 +325,6 @@ class Loop:
             self.history.submit_history(state.history)
         if decided.notice_save:  # (a notice taken here: this save is its insurance; committed, and timed)
             self._committed(saving)
-        self.deadlines.epoch_end_seconds = time.monotonic() - ending
         self.progress.epoch_end(epoch, logs)
         if decided.stop:
             raise Interrupted(decided.stop, number, decided.sources)
