@@ -12,6 +12,7 @@ out=bench/results/RESULTS.md
     echo; echo "## Training stall per checkpoint"; python3 -m bench.stall
     echo; echo "## Preemption cost"; python3 -m bench.preemption
     echo; echo "## Signal-to-exit and resume latency"; python3 -m bench.latency
+    echo; echo "## Preemption notices: the window used, start-up with the watcher"; python3 -m bench.notices --slurm
     echo; echo "## Multi-worker"; python3 -m bench.multiworker
     echo; echo "## Several devices in one process"; python3 -m bench.devices
     echo; echo "## Streaming data: iterator restore vs skipping"; python3 -m bench.streaming

@@ -8,8 +8,12 @@
 # SLURM sends USR1 to this script <lead> seconds before the time limit
 # (--signal=B:USR1@90 below; override on the sbatch command line). It, and a
 # TERM/INT/USR2 (e.g. `scancel --signal=USR1 --batch <job>` for a preemption),
-# is forwarded to the trainer, which finishes its step, commits a checkpoint and
-# exits with 128+signal. `python -m trainer.cluster.requeue <code>` then decides:
+# is forwarded to the trainer. A USR1 within 5 minutes of the job's end time is the
+# time-limit warning: the trainer commits a checkpoint at once, trains on, and
+# commits and exits at the last step that leaves a save and --notice-margin-seconds
+# (5) before the end time. Any other signal: it finishes its step, commits a
+# checkpoint and exits. Either way with 128+signal.
+# `python -m trainer.cluster.requeue <code>` then decides:
 #   0 done, 2-5 bad input/unusable run  -> no requeue, exit with the code
 #   128+N stopped after a checkpoint    -> `scontrol requeue`, exit 0
 #   6     a worker of the job was lost  -> `scontrol requeue` (up to TRAINER_MAX_REQUEUES), exit 0;

@@ -14,6 +14,10 @@ from tests import helpers
 
 pytest_plugins = ["tests.emulators"]
 
+# No test watches a real cloud's metadata service: runs (and their subprocesses, which inherit
+# this) watch none, unless a test points the sources at its own stubs on 127.0.0.1.
+os.environ["TRAINER_NOTICES"] = "off"
+
 FAULTS = "faults injected"  # the user property that carries a test's fault counts to the summary
 
 

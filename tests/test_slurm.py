@@ -3,9 +3,12 @@ preemption, crashes, through slurm/train.sh and through the submitit launcher, w
 user's job written outside the repo (``--job``).
 
 The time-limit runs cannot finish early on a fast machine: each batch of the user job
-takes at least ``--sleep-s``, so a run of 1344 steps needs more than 43 s of training,
-and an allocation of one minute with its warning 40 s before the end gives at most 20:
-at least two requeues on any machine. SLURM may send the warning up to 60 s earlier than
+takes at least ``--sleep-s``. The warning signal carries the job's end time, and the
+trainer trains until the last step that leaves a save and ``--notice-margin-seconds``
+(5) before it: an allocation of one minute gives less than 55 s of training, and a run
+of 1344 steps of 82 ms needs 110 s: at least two requeues on any machine. The two-task
+run keeps a 40 s margin, so that an allocation gives at most 20 s and its 43 s of
+training need two requeues too. SLURM may send the warning up to 60 s earlier than
 asked (sbatch(1), --signal), so an allocation may also stop during start-up; the
 assertions hold for that branch too."""
 import json
@@ -24,7 +27,13 @@ pytestmark = pytest.mark.slurm
 
 LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 64 steps
 LONG_STEPS = 21 * 64
-SLOW = ["--sleep-s", "0.032"]
+SLOW = ["--sleep-s", "0.032", "--notice-margin-seconds", "40"]
+SLOWER = ["--sleep-s", "0.082"]
+MARGIN = 5.0  # the default --notice-margin-seconds
+USED = re.compile(r"SLURM time limit warning: job ends at \S+; trained (\d+) more steps?; checkpoint ckpt-\d+, "
+                  r"(\d+) s before the deadline")
+DECISION = re.compile(r"stopping before the deadline: [\d.]+ s left; \d+ step\(s\) take ([\d.]+) s, "
+                      r"(?:an epoch's turn ([\d.]+) s, )?a save ([\d.]+) s")
 WARNING = "--signal=B:USR1@40"
 
 
@@ -115,12 +124,26 @@ def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, rele
                                                              tmp_path):
     run_dir = tmp_path / "run"
     job = sbatch(tmp_path, "--time=1", WARNING, "--job-name=limit",
-                 str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir), "--job", job_file, *LONG, *SLOW)
+                 str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir), "--job", job_file, *LONG, *SLOWER)
     assert wait_done(job) == "COMPLETED"
     log = (tmp_path / f"slurm-limit-{job}.out").read_text()
     requeues = re.findall(r"\] requeueing job \d+: stopped by signal 10 \((timeout|preemption)\)", log)
     assert len(requeues) >= 2, log
     assert "timeout" in requeues
+    # The warning's time is used: training goes on until a step and a save before the margin
+    # (unless the warning came before the trainer's handlers, which then ends it at once).
+    used = 0
+    for part in allocations(log)[:-1]:
+        stop, decision = USED.search(part), DECISION.search(part)
+        if stop and decision:
+            step_s, epoch_end_s, save_s = (float(g or 0) for g in decision.groups())
+            assert int(stop.group(2)) <= MARGIN + step_s + epoch_end_s + save_s, part
+            used += int(stop.group(1)) > 0
+        elif stop:  # (start-up took the allocation up to the margin)
+            assert "the deadline is too close for a save" in part, part
+        else:
+            assert "stopped at" not in part, part
+    assert used >= 1, log
     resumes = re.findall(r"resumed from .* at epoch (\d+) step (\d+)/", log)
     assert len(resumes) >= 2, log
     assert re.search(r"not requeueing job \d+: training complete", log)

@@ -27,7 +27,8 @@ TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "
                  "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_seconds",
                  "peer_timeout_seconds",
-                 "quiet", "log_every_steps", "log_format", "tensorboard", "export", "max_steps")
+                 "quiet", "log_every_steps", "log_format", "tensorboard", "export", "max_steps", "notices",
+                 "notice_margin_seconds")
 DESCRIPTION = ("Train a Keras job that can be stopped at any moment and resumed exactly. "
                "Run a command with --help for its flags.")
 
@@ -101,7 +102,12 @@ def train_parser(job=None) -> argparse.ArgumentParser:
                                      "--log-format json (a terminal's progress bar shows every step)"),
             ("--max-steps", int, "end the run once global step N is done, with a checkpoint, as if its "
                                  "epochs ended there (a later start may raise it; verify bounds its runs so)"),
-            ("--staging-dir", str, "local folder for checkpoints of a remote run dir")):
+            ("--staging-dir", str, "local folder for checkpoints of a remote run dir"),
+            ("--notices", str, "the clouds whose preemption notices to watch: auto (default: the one this "
+                               "machine's DMI strings name, if any), off, or a list such as aws,gce,azure "
+                               "(default: $TRAINER_NOTICES, else auto)"),
+            ("--notice-margin-seconds", float, "a stop before a notice's deadline leaves this much time beyond "
+                                               "a step and a save (default 5)")):
         t.add_argument(flag, type=kind, default=None, help=helptext)
     t.add_argument("--flush-timeout-seconds", "--flush-timeout-s", dest="flush_timeout_seconds", type=float,
                    default=None, metavar="T",

@@ -89,8 +89,19 @@ def collect_status(storage: Storage) -> dict:
         "resumes": sum(e["kind"] == "resume" for e in history["events"]),
         "rollbacks": [e for e in history["events"] if e["kind"] == "rollback"],
         "lr_changes": [e for e in history["events"] if e["kind"] == "lr_change"],
+        "notices": [e for e in history["events"] if e["kind"] == "notice"],
         "model_exported": storage.exists(MODEL_FILE),
     }
+
+
+def _notice_line(e: dict) -> str:
+    """A preemption notice's history record, in words."""
+    line = f"{e['source']} at global step {e.get('global_step', '?')}, deadline {e.get('deadline') or 'none'}: "
+    line += e.get("action", "")
+    if "stopped_at_step" in e:
+        line += (f"; stopped at global step {e['stopped_at_step']} with ckpt-{e['checkpoint']}, "
+                 f"{e['seconds_left_at_stop']} s before the deadline")
+    return line
 
 
 def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> int:
@@ -135,6 +146,8 @@ def show_status(run_dir: str, storage_options: dict, as_json: bool = False) -> i
         print(f"last epoch:       {last['epoch']}: {metrics}")
     print(f"resumes:          {info['resumes']}; lr changes: {len(info['lr_changes'])}; "
           f"rollbacks: {len(info['rollbacks'])}")
+    for notice in info["notices"]:
+        print(f"notice:           {_notice_line(notice)}")
     print(f"model.keras:      {'written' if info['model_exported'] else 'not yet (written when training ends)'}")
     return errors.DONE
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,10 @@ LOG_FORMAT_ENV = "TRAINER_LOG_FORMAT"
 # How long a worker of a multi-worker job waits for the others (trainer.cluster.peers applies it):
 # at start-up, for a peer that never comes, and inside TensorFlow for one that stops answering.
 DEFAULT_PEER_TIMEOUT_SECONDS = 300.0
+# where a preemption notice can come from (trainer.steering.notices watches them; the workers'
+# agreement gives each a slot)
+NOTICE_SOURCES = ("signal", "slurm", "aws", "aws-rebalance", "gce", "gce-maintenance", "azure")
+NOTICE_PLATFORMS = ("aws", "gce", "azure")  # what --notices may list
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class TrainConfig:
     tensorboard: bool = True
     export: bool = True                 # write <run-dir>/model.keras at the end
     max_steps: int | None = None        # end after this global step, as if the epochs ended there (verify)
+    # the clouds to watch for preemption notices: auto (from the DMI strings), off, or e.g. "aws,gce"
+    notices: str = field(default_factory=lambda: os.environ.get("TRAINER_NOTICES") or "auto")
+    notice_margin_seconds: float = 5.0  # a stop before a deadline leaves this much beyond a step and a save
 
     def __post_init__(self):
         self.validate()
@@ -101,6 +109,10 @@ class TrainConfig:
         _seconds(self, "lr_poll_seconds")
         _seconds(self, "flush_timeout_seconds", "keep it under the scheduler's grace period (SLURM KillWait: 30 s)")
         _seconds(self, "peer_timeout_seconds", f"the default, {DEFAULT_PEER_TIMEOUT_SECONDS:g}, suits most clusters")
+        _check_notices(self.notices)
+        if not (isinstance(self.notice_margin_seconds, (int, float)) and 0 <= self.notice_margin_seconds < math.inf):
+            raise ConfigError("notice_margin_seconds",
+                              f"must be a number of seconds >= 0, got {self.notice_margin_seconds!r}")
         if not isinstance(self.max_to_keep, int) or self.max_to_keep < 2:
             raise ConfigError("max_to_keep", f"must be >= 2, got {self.max_to_keep}",
                               "keeping two means a corrupt newest checkpoint can fall back")
@@ -128,6 +140,14 @@ def log_format_from(environ) -> str:
 
 def dumps(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=True)
+
+
+def _check_notices(value) -> None:
+    names = [n.strip() for n in str(value).lower().split(",") if n.strip()] if isinstance(value, str) else [None]
+    if names in (["auto"], ["off"]) or (names and all(n in NOTICE_PLATFORMS for n in names)):
+        return
+    raise ConfigError("notices", f"expected auto, off or a comma-separated list of {', '.join(NOTICE_PLATFORMS)}, "
+                      f"got {value!r}", "$TRAINER_NOTICES gives the default")
 
 
 def _positive_int(cfg: TrainConfig, name: str) -> None:

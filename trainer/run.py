@@ -123,6 +123,8 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
                   "are intact: restart the job (SLURM requeues it) to resume from the newest", type(exc).__name__,
                   str(exc).strip().splitlines()[0][:300])
         return Result(errors.PEER_LOST)
+    finally:
+        s.deadlines.close()
 
 
 def _started(s: Session, fresh: bool, going_back) -> Result:
@@ -130,7 +132,7 @@ def _started(s: Session, fresh: bool, going_back) -> Result:
     # Stopped during start-up: nothing to save yet. Workers decide together, so that none
     # goes on alone into a collective that its stopped peers never join.
     with _waiting(s, "waiting for the other workers to connect"):
-        startup = s.cluster.agreement.now(distribute.Decisions(stop=s.stop.signum))
+        startup = s.cluster.agreement.now(distribute.Decisions(stop=s.deadlines.signal_stop()))
     if startup.stop:
         return _stopped(s, startup.stop, None)
     built = _build(s)  # (unguarded: it runs the job's own code, which sees a stop at the next agreement)
@@ -185,13 +187,13 @@ def _run(s: Session, run: Training) -> Result:
         result = _finished(s, run, None)
         run.events.write("end", **_end_record(s, run, result), already_complete=True)
         return result
-    stopping = s.cluster.agreement.now(distribute.Decisions(stop=s.stop.signum)).stop  # (signalled while building)
+    stopping = s.cluster.agreement.now(distribute.Decisions(stop=s.deadlines.signal_stop())).stop  # (while building)
     if stopping:
         return _stopped(s, stopping, run)
     try:
         _loop(s, run).run()
     except Interrupted as exc:
-        return _stopped(s, exc.signum, run, exc.checkpoint)
+        return _stopped(s, exc.signum, run, exc.checkpoint, exc.sources)
     result = _finished(s, run, run.saver.last_checkpoint)
     _summary(s, run, result)
     return result
@@ -313,7 +315,8 @@ def _loop(s: Session, run: Training) -> Loop:
                                   machine=cfg.log_format == "json", events=run.events),
                 steering=run.steering, requests=s.requests if s.chief else None, history=run.writers.history,
                 callbacks=built.callbacks, callback_states=built.callback_states,
-                validation_freq=s.job.fit_options().validation_freq, max_steps=cfg.max_steps)
+                validation_freq=s.job.fit_options().validation_freq, max_steps=cfg.max_steps,
+                deadlines=s.deadlines, writers=run.writers)
 
 
 def _begin_and_end(built: Built, state: TrainerState) -> None:
@@ -336,27 +339,36 @@ def _finished(s: Session, run: Training, checkpoint: int | None) -> Result:
                   s.storage.url(MODEL_FILE) if exported else None)
 
 
-def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | None = None) -> Result:
-    """Stopped by a signal: flush what was written, say where the run stopped and how to resume."""
+def _stopped(s: Session, signum: int, run: Training | None, checkpoint: int | None = None,
+             sources: tuple = ()) -> Result:
+    """Stopped by a signal or a notice: flush what was written, say where the run stopped (and,
+    for a notice, how close to its deadline) and how to resume."""
     state = run.state if run else None
     if run is not None:
         run.writers.flush("stop")
+    s.deadlines.acknowledge()
     where = f"checkpoint ckpt-{checkpoint}" if checkpoint else "no new checkpoint needed"
     position = state.position(run.steps) if state else "start-up, before training"
-    took = _say_stopped(signum, s.stop, position, where, s.resume_command)
+    notice = s.deadlines.stop_summary(state.global_step, checkpoint, sources) if state and sources else None
+    took = _say_stopped(signum, s.stop, position, where, s.resume_command, notice)
     if run is not None:
         at = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": run.steps,
               "global_step": state.global_step}
         run.events.write("stop", signal=distribute.signal_name(signum), **at, checkpoint=checkpoint,
-                         seconds=round(took, 3), resume_command=s.resume_command or None)
+                         seconds=round(took, 3), resume_command=s.resume_command or None, notice=notice)
     return Result(errors.interrupted(signum), state, checkpoint, _last_metrics(state) if state else {})
 
 
-def _say_stopped(signum: int, stop: StopRequest, position: str, where: str, resume_command: str) -> float:
-    """The stop line and the resume command; the seconds from the signal to here."""
+def _say_stopped(signum: int, stop: StopRequest, position: str, where: str, resume_command: str,
+                 notice: str | None = None) -> float:
+    """The stop line (for a notice: which, and how close to its deadline) and the resume command;
+    the seconds from the signal to here."""
     took = time.monotonic() - stop.received_at if stop.received_at else 0.0
-    print(f"\n[trainer] {distribute.signal_name(signum)} received: stopped at {position}; {where} "
-          f"({took:.2f}s from signal to exit).", flush=True)
+    if notice:
+        print(f"\n[trainer] {notice}.\n[trainer] stopped at {position}; {where}.", flush=True)
+    else:
+        print(f"\n[trainer] {distribute.signal_name(signum)} received: stopped at {position}; {where} "
+              f"({took:.2f}s from signal to exit).", flush=True)
     if resume_command:
         print(f"[trainer] resume with: {resume_command}", flush=True)
     return took

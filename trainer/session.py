@@ -23,10 +23,13 @@ from .cluster import distribute
 from .config import ConfigError, TrainConfig, dumps
 from .job import Job, describe, same_job
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE
+from .cluster.requeue import job_end_time
+from .steering.notices import EndTime, Watcher
 from .steering.requests import LrRequests
 from .steering.blocking import held_during_connect
 from .steering.signals import StopRequest
 from .storage import Storage, open_storage
+from .training.deadline import Deadlines
 
 log = logging.getLogger("trainer")
 
@@ -41,6 +44,7 @@ class Session:
     cluster: distribute.Cluster
     storage: Storage
     requests: LrRequests      # the run dir's learning-rate requests
+    deadlines: Deadlines      # the signals and preemption notices, and what they leave time for
     timings: dict = field(default_factory=dict)  # start-up phases, logged once restored
     started: float = field(default_factory=time.monotonic)  # the summary's time: this start's
 
@@ -61,6 +65,7 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
     ``--from``; the session and the rollback to make (on the chief)."""
     if fresh and rollback_to:
         raise ConfigError("from", "cannot be combined with --fresh", "--fresh starts over; --from goes back")
+    end_time = slurm_end_time()  # (a warning may come during start-up: the lookup starts first)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     # before any other TF op; waits for every worker (at most cfg.peer_timeout_seconds)
@@ -76,7 +81,15 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
         _check_config(storage, cfg, job)
     going_back = (rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID"))
                   if rollback_to and cluster.is_chief else None)
-    return Session(cfg, job, stop, resume_command, cluster, storage, requests), going_back
+    # (last: nothing above may fail with the watcher's threads started)
+    deadlines = Deadlines(stop, Watcher.for_choice(cfg.notices).start(), end_time, cfg.notice_margin_seconds)
+    return Session(cfg, job, stop, resume_command, cluster, storage, requests, deadlines), going_back
+
+
+def slurm_end_time(env=os.environ) -> EndTime:
+    """In a SLURM job, its end time, looked up off the training thread (for the warning signal)."""
+    job = env.get("SLURM_JOB_ID")
+    return EndTime((lambda: job_end_time(job)) if job else None)
 
 
 def prepare_run_dir(s: Session, fresh: bool, going_back: rollback.Plan | None) -> dict | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from ..config import DEFAULT_PEER_TIMEOUT_SECONDS, STRATEGIES
+from ..config import DEFAULT_PEER_TIMEOUT_SECONDS, NOTICE_SOURCES, STRATEGIES
 from ..data.sources import Replicas
 from ..errors import BAD_INPUT, TrainerError
 from . import peers
@@ -30,6 +30,8 @@ from . import peers
 log = logging.getLogger("trainer")
 
 _SIGNALS = 32  # one slot per signal number in the agreement vector
+_CHIEFS = 3    # then the chief's: time-based save due, learning rate, save seconds
+_NOTICES = _SIGNALS + _CHIEFS  # then "notice save", then one slot per notice source
 AGREE_EVERY_STEPS = 8
 
 
@@ -40,6 +42,9 @@ class Decisions:
     save: bool = False             # a time-based save (the chief's clock decides)
     lr: float | None = None        # a live learning-rate change (the chief's request)
     requests: list = field(default_factory=list)  # the chief's request objects behind ``lr``
+    notice_save: bool = False      # a preemption notice: commit a checkpoint now and keep training
+    sources: tuple = ()            # the notices behind ``stop`` or ``notice_save`` (NOTICE_SOURCES)
+    save_seconds: float = 0.0      # how long the chief's saves take (a stop must leave room for one)
 
 
 class Agreement:
@@ -68,8 +73,13 @@ class CollectiveAgreement(Agreement):
       worker exits with the same code),
     * the chief's "time-based save due",
     * the chief's requested learning rate (0 for none),
+    * the chief's measured save time (a stop before a deadline leaves room for it),
+    * "a preemption notice asks for a save now", and one slot per notice source,
 
-    where only replica 0 (on the chief) contributes the last two. It is one
+    where only replica 0 (on the chief) contributes the three chief's values. A
+    deadline itself is not agreed: each worker stops (the signal slots) once its
+    own earliest deadline leaves no room to reach the next agreement, a step and a
+    save, so all stop at the same step, before the earliest deadline any has. It is one
     tiny all-reduce, issued inside the execution's tf.function beside the
     gradient reduction, in every execution that passes a multiple of
     ``every`` (8) global steps: with one step per execution, every 8th step (a
@@ -86,7 +96,7 @@ class CollectiveAgreement(Agreement):
     def __init__(self, strategy, is_chief: bool):
         self.strategy = strategy
         self.is_chief = is_chief
-        self._size = _SIGNALS + 2
+        self._size = _NOTICES + 1 + len(NOTICE_SOURCES)
         self._share_fn = None
 
     def local_flags(self, local: Decisions) -> tf.Tensor:
@@ -94,15 +104,17 @@ class CollectiveAgreement(Agreement):
         if local.stop:
             flags[int(local.stop) % _SIGNALS] = 1.0
         if self.is_chief:
-            flags[_SIGNALS] = float(local.save)
-            flags[_SIGNALS + 1] = float(local.lr or 0.0)
+            flags[_SIGNALS:_NOTICES] = [float(local.save), float(local.lr or 0.0), float(local.save_seconds)]
+        flags[_NOTICES] = float(local.notice_save)
+        for source in local.sources:
+            flags[_NOTICES + 1 + NOTICE_SOURCES.index(source)] = 1.0
         return tf.constant(flags, tf.float32)
 
     def reduce_in_step(self, strategy, flags: tf.Tensor) -> tf.Tensor:
         def contribution(flags):
             ctx = tf.distribute.get_replica_context()
             first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
-            mask = tf.concat([tf.ones([_SIGNALS]), tf.fill([2], first)], 0)
+            mask = tf.concat([tf.ones([_SIGNALS]), tf.fill([_CHIEFS], first), tf.ones([self._size - _NOTICES])], 0)
             return flags * mask
         return strategy.reduce("SUM", strategy.run(contribution, args=(flags,)), axis=None)
 
@@ -110,8 +122,10 @@ class CollectiveAgreement(Agreement):
         values = agreed.numpy()
         stops = [i for i in range(1, _SIGNALS) if values[i] > 0]
         lr = float(values[_SIGNALS + 1]) or None
+        sources = tuple(s for i, s in enumerate(NOTICE_SOURCES) if values[_NOTICES + 1 + i] > 0)
         return Decisions(stop=stops[0] if stops else None, save=values[_SIGNALS] > 0, lr=lr,
-                         requests=local.requests if lr is not None else [])
+                         requests=local.requests if lr is not None else [], notice_save=values[_NOTICES] > 0,
+                         sources=sources, save_seconds=float(values[_SIGNALS + 2]))
 
     def now(self, local: Decisions) -> Decisions:
         """An agreement outside a step (at an epoch's end)."""

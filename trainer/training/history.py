@@ -64,7 +64,8 @@ def render_png(history: dict) -> bytes:
             style = _EVENT_STYLE[event["kind"]]
             ax.axvline(event["position"], **style)
             label = (f"lr {event['to']:.0e}" if event["kind"] == "lr_change" else
-                     f"back from step {event['from_global_step']}" if event["kind"] == "rollback" else None)
+                     f"back from step {event['from_global_step']}" if event["kind"] == "rollback" else
+                     event["source"] if event["kind"] == "notice" else None)
             if label:
                 ax.annotate(label, (event["position"], 1), xycoords=("data", "axes fraction"), rotation=90,
                             va="top", ha="right", fontsize=7, color=style["color"])
@@ -74,7 +75,7 @@ def render_png(history: dict) -> bytes:
         if epochs:
             ax.legend(loc="best", fontsize=8)
     fig.suptitle("training history (dashed gray: resumed, dotted red: learning-rate change, "
-                 "dash-dot purple: rolled back)", fontsize=9)
+                 "dash-dot purple: rolled back, orange: preemption notice)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -85,4 +86,5 @@ _EVENT_STYLE = {
     "resume": dict(color="gray", linestyle="--", linewidth=0.8),
     "lr_change": dict(color="tab:red", linestyle=":", linewidth=1.2),
     "rollback": dict(color="tab:purple", linestyle="-.", linewidth=1.4),
+    "notice": dict(color="tab:orange", linestyle="-", linewidth=1.0),
 }

@@ -15,8 +15,10 @@ At execution boundaries (every step when ``steps_per_execution`` is 1) it
 acts on what the processes agreed (see ``trainer.cluster.distribute``; one process
 decides alone at every boundary, several agree in each execution that passes
 a multiple of 8 global steps): a stop signal (save and raise :class:`Interrupted`),
-a time-based save, a live learning-rate change. Saves due by step count and
-epoch-end saves need no agreement: every process reaches them at the same step.
+a time-based save, a live learning-rate change, a preemption notice (a save now,
+or a stop before its deadline: see ``trainer.training.deadline``). Saves due by
+step count and epoch-end saves need no agreement: every process reaches them at
+the same step.
 
 One class, a little over the usual module size, on purpose: its phases (epoch,
 execution, boundary, epoch end, evaluation) share the compiled step functions
@@ -38,20 +40,23 @@ from ..steering.requests import LrRequests
 from ..steering.signals import StopRequest
 from . import execution
 from .callback_state import CallbackStates
+from .deadline import Deadlines
 from .history import HistoryWriter
 from .lr_change import Steering
 from .progress import Progress
 from .saver import Saver
 from .state import TrainerState
+from .writers import Writers
 
 log = logging.getLogger("trainer")
 
 
 class Interrupted(Exception):
-    def __init__(self, signum: int, checkpoint: int):
+    def __init__(self, signum: int, checkpoint: int, sources: tuple = ()):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
         self.checkpoint = checkpoint
+        self.sources = sources  # the preemption notices behind the stop, as the workers agreed
 
 
 @dataclass(kw_only=True)
@@ -77,6 +82,8 @@ class Loop:
     callback_states: CallbackStates | None = None  # what the callbacks resume with (with ``callbacks``)
     validation_freq: int | tuple = 1  # as model.fit's: every N epochs, or the listed (1-based) epochs
     max_steps: int | None = None   # end once this global step is done (``--max-steps``)
+    deadlines: Deadlines | None = None  # preemption notices (default: signals stop at once)
+    writers: Writers | None = None      # flushed after a notice's save, which counts once committed
 
     def __post_init__(self):
         self.strategy = self.strategy or self.model.distribute_strategy
@@ -85,6 +92,9 @@ class Loop:
         self._test_fn = None
         self._counts: dict[int, tf.Tensor] = {}
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
+        self.deadlines = self.deadlines or Deadlines(self.stop)
+        self._timed_once = False
+        self._turn_began: float | None = None  # when the last epoch's end began
 
     # -- tf.functions -----------------------------------------------------
     def _make_train_functions(self):
@@ -156,6 +166,9 @@ class Loop:
         self.progress.epoch_begin(epoch)
         # (a stop after an epoch's last step resumes with no step left: straight to the epoch's end)
         iterator = self._iterator(self.train, epoch, start, training=True) if start < steps else None
+        if self._turn_began is not None:  # (from the last epoch's end to this epoch's first step)
+            self.deadlines.measure_epoch_turn(time.monotonic() - self._turn_began)
+            self._turn_began = None
         logs = None  # the last execution's logs, as train_step returned them
         n = self.steps_per_execution
         while state.step_in_epoch < steps:
@@ -165,7 +178,9 @@ class Loop:
             begin, end = execution.batch_numbers(state.step_in_epoch, n)
             if self._batch_hooks:
                 cbs.on_train_batch_begin(begin)
-            logs, decided = self._execute(iterator, count)
+            started = time.monotonic()
+            logs, decided = self._execute(iterator, count, steps)
+            self._measure(time.monotonic() - started, count)
             if self._batch_hooks:
                 cbs.on_train_batch_end(end, logs)
             self.progress.step(logs, count)
@@ -180,23 +195,32 @@ class Loop:
     def _at_step_limit(self) -> bool:
         return self.max_steps is not None and self.state.global_step >= self.max_steps
 
-    def _execute(self, iterator, count: int):
+    def _execute(self, iterator, count: int, steps: int):
         """One execution of ``count`` steps; (its logs, what every process does at the boundary
         after it)."""
         state, agreement = self.state, self.agreement
         count_t = self._count(count)
         agreeing = agreement.fused and execution.crossed(state.global_step, state.global_step + count,
                                                          agreement.every)
-        if agreeing:
-            logs, agreed = self._train_agreeing_fn(iterator, count_t, agreement.local_flags(self._local()))
+        if agreeing:  # (decided before the execution: a stop must leave room for it and the next agreement)
+            local = self._local(count + agreement.every + self.steps_per_execution - 1, steps)
+            logs, agreed = self._train_agreeing_fn(iterator, count_t, agreement.local_flags(local))
         else:
             logs = self._train_fn(iterator, count_t)
         state.step_in_epoch += count
         state.global_step += count
         if agreeing:
-            return logs, agreement.decide(self._local(), agreed)
+            decided = agreement.decide(local, agreed)
+            self.deadlines.measure_save(decided.save_seconds)
+            return logs, decided
         # one process decides alone at every boundary; several decide nothing between agreements
-        return logs, Decisions() if agreement.fused else self._local()
+        return logs, Decisions() if agreement.fused else self._local(self.steps_per_execution, steps)
+
+    def _measure(self, seconds: float, count: int) -> None:
+        """A step's time, for stops before a deadline (not the first execution's: it traces)."""
+        if self._timed_once:
+            self.deadlines.measure_steps(seconds, count)
+        self._timed_once = True
 
     def _count(self, count: int) -> tf.Tensor:
         """``count`` as a tensor, made once (a Python int would retrace the function per value)."""
@@ -204,11 +228,18 @@ class Loop:
             self._counts[count] = tf.constant(count, tf.int32)
         return self._counts[count]
 
-    def _local(self) -> Decisions:
-        """What this process would decide alone at this boundary."""
+    def _local(self, steps_ahead: int, steps: int) -> Decisions:
+        """What this process would decide alone at this boundary, were the next decision
+        ``steps_ahead`` steps away."""
         req = self.requests.immediate() if self.requests else None
-        return Decisions(stop=self.stop.signum, save=self.saver.time_due(), lr=req.value if req else None,
-                         requests=[req] if req else [])
+        state = self.state
+        turn = state.step_in_epoch == 0 or state.step_in_epoch + steps_ahead >= steps  # (at or before an epoch's end)
+        extra = self.deadlines.epoch_turn_seconds if turn else 0.0
+        notices = self.deadlines.local({"position": state.epoch + state.step_in_epoch / steps,
+                                        "global_step": state.global_step}, steps_ahead, extra)
+        return Decisions(stop=notices.stop, save=self.saver.time_due(), lr=req.value if req else None,
+                         requests=[req] if req else [], notice_save=notices.save, sources=notices.sources,
+                         save_seconds=self.deadlines.save_seconds)
 
     def _boundary(self, decided: Decisions, steps: int, count: int, logs) -> None:
         state = self.state
@@ -217,10 +248,35 @@ class Loop:
         if decided.stop:
             if state.step_in_epoch == steps:  # the resumed run starts at this epoch's end, without a step
                 state.last_step_logs = _pythonify(logs)
-            number = self.saver.save("signal")
-            raise Interrupted(decided.stop, number)
-        if (self.saver.steps_due(count) or decided.save) and state.step_in_epoch < steps:
+            self._record_notices()
+            number = self.saver.save("notice" if decided.sources else "signal")
+            raise Interrupted(decided.stop, number, decided.sources)
+        if decided.notice_save:
+            self._notice_save()
+        elif (self.saver.steps_due(count) or decided.save) and state.step_in_epoch < steps:
             self.saver.save("periodic")
+
+    def _notice_save(self) -> None:
+        """A checkpoint committed at once on a notice, as insurance; its time is what a later stop
+        must leave room for (the upload included, for a remote run dir)."""
+        started = time.monotonic()
+        new = self.deadlines.record(self.state.history)
+        self.saver.save("notice")
+        self._committed(started)
+        if new and self.history is not None:  # (after the timing: history.png takes a while to draw)
+            self.history.submit_history(self.state.history)
+
+    def _committed(self, started: float) -> None:
+        """Wait until the save begun at ``started`` is committed; its time is a save's."""
+        if self.writers is not None:
+            self.writers.commit()
+        self.deadlines.measure_save(time.monotonic() - started)
+
+    def _record_notices(self) -> None:
+        """At a stop: the notices' records, complete, into the history, before the save that holds them."""
+        changed = self.deadlines.stopping(self.state.global_step, self.saver.store.last_number + 1)
+        if (self.deadlines.record(self.state.history) or changed) and self.history is not None:
+            self.history.submit_history(self.state.history)
 
     def _apply_scheduled(self, epoch: int) -> None:
         due = self.requests.due(epoch) if self.requests else []
@@ -239,6 +295,7 @@ class Loop:
         stopped_early = model.stop_training
         if stopped_early and state.step_in_epoch < self.train.steps_per_epoch:
             log.warning("a callback stopped training in the middle of epoch %d; the run ends here", epoch + 1)
+        self._turn_began = time.monotonic()
         lr, seconds = self.saver.current_lr(), round(self.saver.epoch_seconds(), 3)
         epoch_hook = getattr(self.train, "on_epoch_end", None)  # a PyDataset's
         if epoch_hook:
@@ -256,13 +313,21 @@ class Loop:
         state.step_in_epoch = 0
         state.epoch_seconds = 0.0
         state.stopped_early = state.stopped_early or model.stop_training
+        # (agreed before the save, so that a stop's notices are in the checkpoint it stops with)
+        decided = self.agreement.now(self._local(self.steps_per_execution, self.train.steps_per_epoch))
+        if decided.stop:
+            self._record_notices()
+        elif decided.notice_save:
+            self.deadlines.record(state.history)  # (history.json follows with this epoch's record)
+        saving = time.monotonic()
         number = self.saver.save("stopped by a callback" if model.stop_training else "epoch end")
         if self.history is not None:
             self.history.submit_history(state.history)
+        if decided.notice_save:  # (a notice taken here: this save is its insurance; committed, and timed)
+            self._committed(saving)
         self.progress.epoch_end(epoch, logs)
-        stop = self.agreement.now(Decisions(stop=self.stop.signum)).stop
-        if stop:
-            raise Interrupted(stop, number)
+        if decided.stop:
+            raise Interrupted(decided.stop, number, decided.sources)
         return logs
 
     def _evaluate(self) -> dict:

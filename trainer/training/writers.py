@@ -34,6 +34,11 @@ class Writers:
                           timeout_s, why, self.store.local_dir)
         return ok
 
+    def commit(self) -> bool:
+        """Wait (at most the stop budget) until every checkpoint saved so far is committed, and
+        uploaded for a remote run dir; not for the history files."""
+        return self.store.flush(self.timeout_s)
+
     def close(self) -> None:
         self.store.close()
         if self.history:
