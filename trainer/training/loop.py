@@ -147,7 +147,7 @@ class Loop:
             self.callback_states.train_begin(cbs, mid_epoch=self.state.step_in_epoch > 0)
         logs: dict = {}
         self.model.stop_training = False
-        while self.state.epoch < self.epochs and not self.state.stopped_early and not self._at_step_limit():
+        while not self._done():
             logs = self._epoch()
         if cbs:
             cbs.on_train_end(logs)
@@ -326,9 +326,14 @@ class Loop:
         if decided.notice_save:  # (a notice taken here: this save is its insurance; committed, and timed)
             self._committed(saving)
         self.progress.epoch_end(epoch, logs)
-        if decided.stop:
+        if decided.stop and not self._done():  # (after the last epoch the run is complete: it ends as such)
             raise Interrupted(decided.stop, number, decided.sources)
         return logs
+
+    def _done(self) -> bool:
+        """Nothing left to train: every epoch done, a callback stopped the run, or the step limit."""
+        state = self.state
+        return state.epoch >= self.epochs or state.stopped_early or self._at_step_limit()
 
     def _evaluate(self) -> dict:
         model, cbs = self.model, self.callbacks
