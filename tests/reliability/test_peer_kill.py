@@ -3,8 +3,9 @@ from the first second of a start on: while importing, connecting, building, rest
 training, saving, evaluating or finishing. Every surviving worker exits within the bound
 (``--peer-timeout-seconds``) with the lost-worker code 6, never 0 before the run is complete;
 every start resumes from the newest commit (never behind one), and the finished run is bitwise
-equal to an uninterrupted one. The seed is in the report."""
+equal to an uninterrupted one. The seed is in the report; ``PEER_KILL_SEED=n`` repeats a run."""
 import json
+import os
 import random
 import time
 
@@ -12,7 +13,7 @@ from tests import helpers
 from trainer import errors
 from trainer.checkpoint.index import DIR, committed
 
-SEED = 22
+SEED = int(os.environ.get("PEER_KILL_SEED", random.randrange(2**32)))  # in the report; set it to repeat a run
 STARTS = 4
 BOUND_S = 15
 EXIT_SLACK_S = 15  # as in tests/test_worker_loss.py: the process's own exit
