@@ -6,9 +6,8 @@ The time-limit runs cannot finish early on a fast machine: each batch of the use
 takes at least ``--sleep-s``. The warning signal carries the job's end time, and the
 trainer trains until the last step that leaves a save and ``--notice-margin-seconds``
 (5) before it: an allocation of one minute gives less than 55 s of training, and a run
-of 1344 steps of 82 ms needs 110 s: at least two requeues on any machine. The two-task
-run keeps a 40 s margin, so that an allocation gives at most 20 s and its 43 s of
-training need two requeues too. SLURM may send the warning up to 60 s earlier than
+of 1344 steps of 82 ms needs 110 s: at least two requeues on any machine, for one task
+as for two. SLURM may send the warning up to 60 s earlier than
 asked (sbatch(1), --signal), so an allocation may also stop during start-up; the
 assertions hold for that branch too."""
 import json
@@ -26,7 +25,6 @@ from tests import helpers
 pytestmark = pytest.mark.slurm
 
 LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 64 steps
-SLOW = ["--sleep-s", "0.032", "--notice-margin-seconds", "40"]
 SLOWER = ["--sleep-s", "0.082"]
 MARGIN = 5.0  # the default --notice-margin-seconds
 USED = re.compile(r"SLURM time limit warning: job ends at \S+; trained (\d+) more steps?; checkpoint ckpt-\d+, "
@@ -165,7 +163,7 @@ def test_two_task_job_requeues_on_its_time_limit_and_ends_bitwise_equal(slurm_cl
     run_dir = tmp_path / "run"
     job = sbatch(tmp_path, "--ntasks=2", "--cpus-per-task=1", "--time=1", WARNING,
                  "--job-name=workers", str(helpers.ROOT / "slurm/train.sh"), "--run-dir", str(run_dir),
-                 "--job", job_file, *LONG, *SLOW)
+                 "--job", job_file, *LONG, *SLOWER)
     assert wait_done(job) == "COMPLETED"
     log = (tmp_path / f"slurm-workers-{job}.out").read_text()
     assert "2 tasks: one worker each, started with srun" in log
@@ -182,7 +180,7 @@ def test_two_task_job_requeues_on_its_time_limit_and_ends_bitwise_equal(slurm_cl
                             part)
         assert places == [] or (len(places) == 2 and places[0] == places[1]), part
         in_training += bool(places) and places[0].startswith("epoch")
-    assert in_training >= 1, log  # 43 s of training, at most 20 s of it per allocation
+    assert in_training >= 1, log  # 110 s of training, less than 55 s of it per allocation
     # A warning after the last epoch's end finishes the run (exit 0, no requeue): no allocation
     # stops past the last epoch, and the last one trains to the end or completes its last epoch.
     assert "stopped at epoch 22" not in log, log
