@@ -13,7 +13,7 @@ from tests import helpers
 from trainer import errors
 from trainer.checkpoint.index import DIR, committed
 
-SEED = int(os.environ.get("PEER_KILL_SEED", random.randrange(2**32)))  # in the report; set it to repeat a run
+SEED = int(os.environ.get("PEER_KILL_SEED", random.SystemRandom().randrange(2**32)))  # in the report; set it to repeat a run
 STARTS = 4
 BOUND_S = 15
 EXIT_SLACK_S = 15  # as in tests/test_worker_loss.py: the process's own exit

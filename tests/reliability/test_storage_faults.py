@@ -28,7 +28,7 @@ WAIT_S = 300  # for a start's drawn commits: only a run that stopped saving take
 @pytest.fixture
 def proxy(s3_server):
     """The proxy in front of the session's S3 server, its seed printed (shown with a failure)."""
-    seed = int(os.environ.get("STORAGE_FAULTS_SEED", random.randrange(2**32)))
+    seed = int(os.environ.get("STORAGE_FAULTS_SEED", random.SystemRandom().randrange(2**32)))
     proxy = FaultyProxy(s3_server, Schedule(seed))
     print(f"STORAGE_FAULTS_SEED={seed}: a blackout of {proxy.schedule.blackout_s:.1f} s from request "
           f"{proxy.schedule.blackout_at}")
