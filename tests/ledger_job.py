@@ -29,8 +29,11 @@ EXAMPLES, FEATURES, CLASSES = 256, 6, 3
 @dataclass
 class Settings:
     batch_size: int = 16
-    source: Literal["arrays", "epoch_batches", "stream"] = "arrays"
+    source: Literal["arrays", "epoch_batches", "stream", "files"] = "arrays"
     ledger: str = setting("ledger.txt", may_change=True, help="file the train step appends to")
+    files: str = setting("", may_change=True, help="files: folder of TFRecord files written by write_files")
+    count_decodes: bool = setting(False, may_change=True, help="files: count the records each process "
+                                  "decodes (a Python counter: the pipeline is no longer checkpointable)")
 
 
 class LedgerModel(keras.Model):
@@ -65,6 +68,8 @@ def build_data(s: Settings):
     x = rng.normal(size=(EXAMPLES, FEATURES)).astype("float32")
     x[:, 0] = np.arange(EXAMPLES)
     y = rng.integers(0, CLASSES, EXAMPLES)
+    if s.source == "files":
+        return _files_pipeline(s)
     if s.source == "stream":  # unseeded, as users write it: the run's seed fixes the order
         return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(EXAMPLES // 2).batch(s.batch_size)
     arrays = trainer.ArrayData(x, y, batch_size=s.batch_size)
@@ -88,3 +93,68 @@ def read(path) -> dict[int, dict[int, list[int]]]:
         assert int(replica) not in shares, f"step {step} replica {replica} trained twice"
         shares[int(replica)] = [int(i) for i in ids.split(",")]
     return steps
+
+
+# -- TFRecord files: a streamed pipeline that starts from a list of files -------------------------
+FEATURE_SPEC = {"x": tf.io.FixedLenFeature([FEATURES], tf.float32), "y": tf.io.FixedLenFeature([], tf.int64)}
+DECODED: list[int] = [0]  # records this process decoded (with --count-decodes)
+
+
+def write_files(folder, sizes: list[int]) -> int:
+    """TFRecord files of ``sizes`` records each, ids 0.. in file order; the number of records."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    next_id = 0
+    for number, size in enumerate(sizes):
+        with tf.io.TFRecordWriter(str(folder / f"part-{number:03d}.tfrecord")) as writer:
+            for _ in range(size):
+                x = rng.normal(size=FEATURES).astype("float32")
+                x[0] = next_id
+                feature = {"x": tf.train.Feature(float_list=tf.train.FloatList(value=x)),
+                           "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(rng.integers(CLASSES))]))}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+                next_id += 1
+    return next_id
+
+
+def _files_pipeline(s: Settings) -> tf.data.Dataset:
+    """Files in a new order each pass, interleaved, a reshuffling shuffle buffer, a parallel
+    parse, batches: the shape of a TFRecord pipeline as users write it, with a known length."""
+    paths = sorted(str(p) for p in Path(s.files).glob("part-*.tfrecord"))
+    total = sum(1 for _ in tf.data.TFRecordDataset(paths))
+    files = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths))
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=2).shuffle(64)
+    if s.count_decodes:
+        records = records.map(lambda r: tf.py_function(_counted, [r], tf.string))
+    examples = records.map(lambda r: _parse(r), num_parallel_calls=2, deterministic=True)
+    batches = examples.batch(s.batch_size).prefetch(2)
+    return batches.apply(tf.data.experimental.assert_cardinality(-(-total // s.batch_size)))
+
+
+def _counted(record):
+    DECODED[0] += 1
+    return record
+
+
+def _parse(record):
+    parsed = tf.io.parse_single_example(tf.ensure_shape(record, []), FEATURE_SPEC)
+    return parsed["x"], parsed["y"]
+
+
+class DecodeCount(keras.callbacks.Callback):
+    """Writes the records this process decoded to ``<ledger>.decoded-<TF_CONFIG task index>``."""
+
+    def __init__(self, ledger: str):
+        super().__init__()
+        self.ledger = ledger
+
+    def on_train_end(self, logs=None):
+        import json
+        import os
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+        Path(f"{self.ledger}.decoded-{task}").write_text(str(DECODED[0]))
+
+
+def callbacks(s: Settings):
+    return [DecodeCount(s.ledger)] if s.count_decodes else []

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from .config import TrainConfig
 from .data import accepted
+from .data.sharded import Workers
 from .data.sources import DataError
 from .data.streaming import StreamingData
 from .job import Job, JobError
@@ -62,7 +63,8 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         groups = prepare(model, accepted.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}
     if isinstance(train, StreamingData):
-        groups["data"] = train.bind(cluster.strategy)
+        groups["data"] = train.bind(cluster.strategy, Workers(cluster.workers, cluster.index, cluster.replicas.first,
+                                                              cfg.data_shards, cluster.gather))
     for source in (train, validation):
         if source is not None and source.warning:
             log.warning("%s", source.warning)

@@ -26,7 +26,7 @@ PROG = "python -m trainer" if sys.argv[0].endswith("__main__.py") else "trainer"
 TRAINER_FLAGS = ("epochs", "seed", "deterministic", "strategy", "cpu_devices", "snapshot_on_device",
                  "save_every_steps", "save_every_seconds",
                  "max_to_keep", "keep_every_epochs", "lr_poll_seconds", "staging_dir", "flush_timeout_seconds",
-                 "peer_timeout_seconds",
+                 "peer_timeout_seconds", "data_shards",
                  "quiet", "log_every_steps", "log_format", "tensorboard", "export", "max_steps", "notices",
                  "notice_margin_seconds")
 DESCRIPTION = ("Train a Keras job that can be stopped at any moment and resumed exactly. "
@@ -106,6 +106,10 @@ def train_parser(job=None) -> argparse.ArgumentParser:
             ("--notices", str, "the clouds whose preemption notices to watch: auto (default: the one this "
                                "machine's DMI strings name, if any), off, or a list such as aws,gce,azure "
                                "(default: $TRAINER_NOTICES, else auto)"),
+            ("--data-shards", int, "a streamed pipeline over files: read it in N logical shards of its files, "
+                                   "each worker its share (fixed when the run starts; a resume may use any "
+                                   "worker count that divides N). Default with several workers: the files, at "
+                                   "most 64, a multiple of the worker count; 0: every worker reads it whole"),
             ("--notice-margin-seconds", float, "a stop before a notice's deadline leaves this much time beyond "
                                                "a step and a save (default 5)")):
         t.add_argument(flag, type=kind, default=None, help=helptext)

@@ -73,6 +73,9 @@ class TrainConfig:
     staging_dir: str | None = None
     flush_timeout_seconds: float = 20.0  # a stop waits this long for uploads: keep it under SLURM's KillWait (30 s)
     peer_timeout_seconds: float = DEFAULT_PEER_TIMEOUT_SECONDS  # then a lost worker ends the others (exit 6)
+    # a streamed pipeline's logical shards of files (fixed when a run starts): None picks them when the run
+    # has several workers, 0 has every worker read the whole stream (trainer.data.sharded)
+    data_shards: int | None = None
     quiet: bool = False
     log_every_steps: int | None = None
     log_format: str = "human"           # "json": STEP/EPOCH lines on stdout instead of Keras's progress
@@ -100,6 +103,9 @@ class TrainConfig:
             raise ConfigError("cpu_devices", f"trains one process over N logical CPU devices with "
                               f"MirroredStrategy; it cannot be combined with --strategy {self.strategy}",
                               "use --strategy auto or mirrored")
+        if self.data_shards is not None and (not isinstance(self.data_shards, int) or self.data_shards < 0):
+            raise ConfigError("data_shards", f"must be an integer >= 0 or unset, got {self.data_shards!r}",
+                              "0 reads the whole stream on every worker")
         for name in ("save_every_steps", "keep_every_epochs", "log_every_steps", "cpu_devices", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

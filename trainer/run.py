@@ -270,7 +270,12 @@ def _restore(s: Session, run: Training) -> None:
                          steps=run.steps, global_step=state.global_step, lr=float(f"{state.lr:.7g}"),
                          **details)
         before = manifest.get("replicas", replicas.total)
-        if before != replicas.total:
+        if before != replicas.total and _reads_shards(built.train):
+            log.warning("ckpt-%d and the steps before it were written with %d replicas; this run has %d. Each "
+                        "worker reads its share of the logical shards: every record of a shard's pass is trained "
+                        "once, in another order than with %d replicas", manifest["number"], before,
+                        replicas.total, before)
+        elif before != replicas.total:
             log.warning("ckpt-%d and the steps before it were written with %d replicas; this run has %d. "
                         "Training continues on exactly the examples, in exactly the order, the run would have "
                         "seen (each global batch now split %d ways); the weights will differ in the last bits "
@@ -282,6 +287,10 @@ def _restore(s: Session, run: Training) -> None:
         run.events.write("start", run_dir=s.storage.root, job=s.job.label, epochs=s.cfg.epochs, steps=run.steps,
                          strategy=s.cluster.describe(), workers=s.cluster.workers,
                          replicas=s.cluster.replicas.total)
+
+
+def _reads_shards(train) -> bool:
+    return isinstance(train, StreamingData) and train.restores_shards
 
 
 def _apply_pending(s: Session, run: Training) -> None:

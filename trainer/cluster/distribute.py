@@ -20,6 +20,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 from ..config import DEFAULT_PEER_TIMEOUT_SECONDS, NOTICE_SOURCES, STRATEGIES
@@ -129,6 +130,10 @@ class CollectiveAgreement(Agreement):
 
     def now(self, local: Decisions) -> Decisions:
         """An agreement outside a step (at an epoch's end)."""
+        return self.decide(local, self.now_flags(self.local_flags(local)))
+
+    def now_flags(self, flags: tf.Tensor) -> tf.Tensor:
+        """The summed vector, outside a step."""
         if self._share_fn is None:
             strategy = self.strategy
 
@@ -136,7 +141,7 @@ class CollectiveAgreement(Agreement):
             def agree(flags):
                 return self.reduce_in_step(strategy, flags)
             self._share_fn = agree
-        return self.decide(local, self._share_fn(self.local_flags(local)))
+        return self._share_fn(flags)
 
     def share(self, value: float | None) -> float | None:
         """The chief's value (or None) on every worker."""
@@ -151,6 +156,7 @@ class Cluster:
     workers: int
     index: int
     agreement: Agreement
+    _gather: BytesGather | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         """The strategy in words: "1 CPU", "MirroredStrategy over 2 GPUs",
@@ -162,9 +168,46 @@ class Cluster:
             return f"{name} over {here}"
         return here
 
+    def gather(self, data: bytes) -> list[bytes]:
+        """Every worker's ``data``, in worker order, on every worker (a collective: all call it)."""
+        if self.workers == 1:
+            return [data]
+        if self._gather is None:
+            self._gather = BytesGather(self.strategy, self.replicas.first)
+        return self._gather(data)
+
     def role(self) -> str:
         duty = "chief: writes the run dir" if self.is_chief else "reads the chief's checkpoints"
         return f"worker {self.index} of {self.workers} ({duty}), {self.replicas.local} replica(s) here"
+
+
+class BytesGather:
+    """All-gathers a byte string of any length from every worker: the lengths first (the
+    collective needs one shape), then the bytes padded to the longest, as int32 words;
+    each worker's first replica carries its bytes, the others none."""
+
+    def __init__(self, strategy, first_replica: int):
+        self.strategy, self.first = strategy, first_replica
+
+        def gathered(value):
+            return strategy.run(lambda v: tf.distribute.get_replica_context().all_gather(v[None], 0), args=(value,))
+        self._gathered = tf.function(gathered, reduce_retracing=True)
+
+    def _per_replica(self, value, nothing):
+        first = self.first
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: value if ctx.replica_id_in_sync_group == first else nothing)
+
+    def _all(self, mine, others) -> np.ndarray:
+        gathered = self._gathered(self._per_replica(mine, others))
+        return self.strategy.experimental_local_results(gathered)[0].numpy()
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        lengths = self._all(tf.constant(len(data), tf.int32), tf.constant(-1, tf.int32))
+        size = -(-int(lengths.max()) // 4)
+        padded = np.frombuffer(data + b"\0" * (4 * size - len(data)), np.int32)
+        words = self._all(tf.constant(padded), tf.zeros([size], tf.int32))
+        return [row.tobytes()[:n] for row, n in zip(words, lengths) if n >= 0]
 
 
 def devices_in_words(strategy) -> str:

@@ -6,6 +6,7 @@ import logging
 
 import tensorflow as tf
 
+from . import sharded
 from .pipeline_graph import Verdict, checkpointable, first_line, restore_seed_generators, seed_generator_states
 from .sources import SINGLE, DataError, Replicas, share, split_for_replicas
 
@@ -52,6 +53,8 @@ class StreamingData:
         self._iterator = None  # the run's one iterator of global batches
         self._feed = None  # what the loop reads: the iterator, or the replicas' shares of its batches
         self._strategy = None
+        self._workers = sharded.Workers()
+        self._reader: sharded.ShardedReader | None = None  # this worker's logical shards (sharded reading)
 
     def __repr__(self) -> str:
         return f"StreamingData({self.steps_per_epoch} steps per epoch)"
@@ -62,8 +65,9 @@ class StreamingData:
 
     @property
     def resumes_iterator(self) -> bool:
-        """Whether the loop reads through this source's one iterator (restored or replayed)."""
-        return self.reason is None or self.verdict.replay
+        """Whether the loop reads through this source's one iterator (restored or replayed), or
+        through its logical shards (which skip within a shard where the state cannot be saved)."""
+        return self.reason is None or self.verdict.replay or self._workers.shards_new_runs()
 
     @property
     def warning(self) -> str | None:
@@ -79,18 +83,33 @@ class StreamingData:
                 "is exact only if it yields the same batches every time (no reshuffling, no unseeded random "
                 "ops); use trainer.ArrayData or trainer.EpochBatches for exact resume")
 
-    def bind(self, strategy: tf.distribute.Strategy) -> dict:
+    def bind(self, strategy: tf.distribute.Strategy, workers: sharded.Workers = sharded.Workers()) -> dict:
         """The checkpoint group for the iterator state (in every checkpoint of the run, empty when
-        skipping), for a run under ``strategy``."""
-        self._strategy = strategy
+        skipping), for a run under ``strategy`` on ``workers``."""
+        self._strategy, self._workers = strategy, workers
         self.state = tf.Variable("", dtype=tf.string, trainable=False)
         return {"iterator": self.state}
 
-    def capture(self) -> None:
+    @property
+    def restores_shards(self) -> bool:
+        """Whether the restored checkpoint has this pipeline in logical shards (see ``sharded``)."""
+        return self.state is not None and sharded.is_sharded(self.state.numpy())
+
+    @property
+    def collective_capture(self) -> bool:
+        """Whether every worker takes part in a save's capture (each has its own shards' states)."""
+        return self._reader is not None and self._workers.count > 1
+
+    def capture(self, writes: bool = True) -> None:
         """At a save boundary: the iterator's state into ``state`` (the checkpoint's snapshot
         copies it); emptied where it cannot be saved, so that a state restored from an older
-        checkpoint is never carried, stale, into this run's checkpoints."""
-        if self.reason is not None:
+        checkpoint is never carried, stale, into this run's checkpoints. Sharded, every worker
+        hands its shards' states to the chief (``writes``), which keeps them all."""
+        if self._reader is not None:
+            everyone = self._workers.gather(self._reader.mine())
+            if writes:
+                self.state.assign(sharded.combine(everyone, self._reader.layout))
+        elif self.reason is not None:
             self.state.assign("")
         elif self._iterator is not None:
             self.state.assign(tf.io.serialize_tensor(self._iterator._serialize_to_tensors()[_STATE]))
@@ -98,12 +117,50 @@ class StreamingData:
     def iterator(self, epoch: int, start_step: int):
         """The one iterator of the run, opened at the first epoch it trains (restored if saved);
         with several replicas, the feed of their shares of its batches."""
-        if self._iterator is None:
+        if self._feed is None:
+            self._reader = self._sharded_reader(epoch, start_step)
+            if self._reader is not None:
+                self._feed = self._reader
+                return self._feed
             opener = self._replayed if self.verdict.replay else self._open
             self._iterator = opener(epoch, start_step)
             several = self._strategy is not None and self._strategy.num_replicas_in_sync > 1
             self._feed = _Shares(self._iterator, self._strategy) if several else self._iterator
         return self._feed
+
+    def _sharded_reader(self, epoch: int, start_step: int) -> sharded.ShardedReader | None:
+        """This worker's logical shards when the run reads them: it started so (the checkpoint
+        holds shards), or starts now with sharding asked for (several workers, or --data-shards)
+        and a pipeline that can be split; None for the global stream."""
+        saved, workers = self.state.numpy(), self._workers
+        if saved and sharded.is_sharded(saved):
+            record = sharded.unpack(saved)
+            layout = sharded.resume_layout(record, workers.count, workers.index, record["batch"])
+            reader = self._new_reader(layout)
+            reader.restore(record)
+            log.info("restored logical shards %d-%d of %d of %s at epoch %d step %d (nothing skipped)",
+                     layout.owned()[0], layout.owned()[-1], layout.shards, self.what, epoch + 1, start_step)
+            return reader
+        if saved or (epoch, start_step) != (0, 0) or not workers.shards_new_runs():
+            return None  # (a run that began reading the global stream keeps reading it)
+        split = sharded.inspect(self.source, self.verdict)
+        if split.reason is not None:
+            log.warning("%s is read whole by each of the %d workers: it cannot be split among them (%s)",
+                        self.what, workers.count, split.reason)
+            return None
+        shards = sharded.choose_count(workers.requested, split, workers.count)
+        if shards < workers.count:
+            log.warning("%s is read whole by each of the %d workers: its %d files cannot be shared among them; "
+                        "write the data in at least %d files", self.what, workers.count, split.files, workers.count)
+            return None
+        layout = sharded.Layout(shards, split.batch, workers.count, workers.index)
+        log.info("reading %s in %d logical shards of files; this worker reads shards %d-%d", self.what, shards,
+                 layout.owned()[0], layout.owned()[-1])
+        return self._new_reader(layout)
+
+    def _new_reader(self, layout: sharded.Layout) -> sharded.ShardedReader:
+        return sharded.ShardedReader(self.stream, layout, self.verdict, self.what, self._strategy,
+                                     self._workers.first_replica)
 
     def _replayed(self, epoch: int, start_step: int):
         """The run's one iterator from its start, past the batches already trained on: a new

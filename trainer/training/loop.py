@@ -89,6 +89,7 @@ class Loop:
         self.strategy = self.strategy or self.model.distribute_strategy
         self.steps_per_execution = self.model.steps_per_execution  # (checked when the job was loaded)
         self._train_fn, self._train_agreeing_fn = self._make_train_functions()
+        self._train_step = self._step_function(self.model.train_step)  # (for a feed read step by step)
         self._test_fn = None
         self._counts: dict[int, tf.Tensor] = {}
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
@@ -113,15 +114,21 @@ class Loop:
     def _make_test_function(self):
         return self._execution_function(self.model.test_step)
 
-    def _execution_function(self, step_fn):
-        """``count`` steps of ``step_fn`` in one call (a tensor, so a shorter execution does not
-        retrace); the last step's logs. With one step per execution the graph has no loop."""
-        strategy, model, single = self.strategy, self.model, self.steps_per_execution == 1
+    def _step_function(self, step_fn):
+        """One step of ``step_fn`` on a batch; its logs."""
+        strategy, model = self.strategy, self.model
 
         def one_step(data):
             return _first_local(strategy, strategy.run(step_fn, args=(data,)))
         if not model.run_eagerly:
             one_step = tf.function(one_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
+        return one_step
+
+    def _execution_function(self, step_fn):
+        """``count`` steps of ``step_fn`` in one call (a tensor, so a shorter execution does not
+        retrace); the last step's logs. With one step per execution the graph has no loop."""
+        single = self.steps_per_execution == 1
+        one_step = self._step_function(step_fn)
 
         @tf.function(reduce_retracing=True)
         def execute(iterator, count):
@@ -204,6 +211,11 @@ class Loop:
                                                          agreement.every)
         if agreeing:  # (decided before the execution: a stop must leave room for it and the next agreement)
             local = self._local(count + agreement.every + self.steps_per_execution - 1, steps)
+        if getattr(iterator, "read_eagerly", False):  # (a feed of Python logic: its steps one by one)
+            for _ in range(count):
+                logs = self._train_step(next(iterator))
+            agreed = agreement.now_flags(agreement.local_flags(local)) if agreeing else None
+        elif agreeing:
             logs, agreed = self._train_agreeing_fn(iterator, count_t, agreement.local_flags(local))
         else:
             logs = self._train_fn(iterator, count_t)

@@ -91,8 +91,9 @@ class Saver:
         if contents.callback_states:
             state.callbacks = contents.callback_states.capture()
         contents.state_var.assign(state.to_json())
-        if contents.data is not None and self.store.writes:  # (only the chief's checkpoint is written)
-            contents.data.capture()
+        data = contents.data
+        if data is not None and (self.store.writes or data.collective_capture):  # (the chief's is written)
+            data.capture(self.store.writes)
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                 "lr": state.lr, "reason": reason, "replicas": contents.replicas}
         if reason in ("epoch end", "stopped by a callback") and self.is_milestone():
