@@ -12,7 +12,8 @@ import pytest
 
 from tests.metadata_stubs import AwsImds, AzureEvents, GceMetadata
 from trainer.config import ConfigError, TrainConfig
-from trainer.steering.metadata import AwsSpot, AzureEvents as AzureSource, GceWatch, parse_time
+from trainer.steering.metadata import AwsSpot, GceWatch, parse_time
+from trainer.steering.metadata import AzureEvents as AzureSource
 from trainer.steering.notices import Watcher, detect_platform, platforms_to_watch
 from trainer.steering.signals import StopRequest
 from trainer.training.deadline import Deadlines, should_stop_now

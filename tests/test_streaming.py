@@ -146,10 +146,10 @@ def test_one_iterator_over_every_epoch_yields_what_fit_iterates(tmp_path):
     assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
 
 
-def test_two_workers_restore_the_iterator_and_end_bitwise(tmp_path, shards, request):
+def test_two_workers_restore_their_shards_and_end_bitwise(tmp_path, shards, request):
     """The TFRecord pipeline under MultiWorkerMirroredStrategy (two TF_CONFIG workers, each reading
-    the global batches and training on its share): SIGTERM to both at a random step, resumed to
-    the end; every worker of the resume restores the iterator, nothing is skipped, and the weights
+    its own logical shards of the files by default): SIGTERM to both at a random step, resumed to
+    the end; every worker of the resume restores its shards, nothing is skipped, and the weights
     end bitwise equal to an uninterrupted two-worker run's."""
     def workers(run_dir, *extra):
         return helpers.start_workers(["train", "--run-dir", str(run_dir), *FILES_JOB, "--files", str(shards), *extra])
@@ -171,7 +171,8 @@ def test_two_workers_restore_the_iterator_and_end_bitwise(tmp_path, shards, requ
     resumed = helpers.finish(workers(tmp_path / "run", "--quiet"))
     assert [code for code, _ in resumed] == [0, 0], resumed
     _assert_restored_every_time([out, *(output for _, output in (*reference, *stopped, *resumed))], [])
-    assert all("restored the iterator of" in output for _, output in resumed), resumed
+    assert all("reads shards" in output for _, output in reference), reference
+    assert all("restored logical shards" in output for _, output in resumed), resumed
     helpers.assert_bitwise_equal(helpers.latest_variables(tmp_path / "reference"),
                                  helpers.latest_variables(tmp_path / "run"))
 

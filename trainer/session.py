@@ -20,13 +20,13 @@ from . import rundir
 from .checkpoint import rollback
 from .checkpoint.store import IncompatibleCheckpoint
 from .cluster import distribute
+from .cluster.requeue import job_end_time
 from .config import ConfigError, TrainConfig, dumps
 from .job import Job, describe, same_job
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE
-from .cluster.requeue import job_end_time
+from .steering.blocking import held_during_connect
 from .steering.notices import EndTime, Watcher
 from .steering.requests import LrRequests
-from .steering.blocking import held_during_connect
 from .steering.signals import StopRequest
 from .storage import Storage, open_storage
 from .training.deadline import Deadlines

@@ -90,8 +90,10 @@ class Layout:
         return range(self.index * per, (self.index + 1) * per)
 
 
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def worker_counts(shards: int) -> str:
+    """The worker counts that can share ``shards`` logical shards, in words: "1, 2, 3 or 6"."""
+    counts = [str(d) for d in range(1, shards + 1) if shards % d == 0]
+    return " or ".join([", ".join(counts[:-1]), counts[-1]]) if len(counts) > 1 else counts[0]
 
 
 @dataclass(frozen=True)
@@ -156,9 +158,9 @@ def choose_count(requested: int | None, split: Split, workers: int) -> int:
             raise ShardCountError(f"--data-shards {requested}: the pipeline has only {most} {limit} to split; "
                                   f"use at most {most}")
         if requested % workers:
-            works = ", ".join(map(str, divisors(requested)))
             raise ShardCountError(f"--data-shards {requested} cannot be split evenly among {workers} workers; "
-                                  f"with {requested} logical shards the job can run on {works} workers")
+                                  f"with {requested} logical shards the job can run on {worker_counts(requested)} "
+                                  "workers")
         return requested
     return min(most, MAX_DEFAULT_SHARDS) // workers * workers
 
@@ -273,10 +275,18 @@ class ShardedReader:
 
     # -- saving and restoring -------------------------------------------------
     def mine(self) -> bytes:
-        """This worker's shards' positions and states, for the chief to gather."""
-        saves = self.verdict.reason is None
+        """This worker's shards' positions and states, for the chief to gather. An op that cannot
+        save its state refuses only here: the shards then resume by skipping, with a warning."""
         header = {str(s.index): [s.position.passes, s.position.taken] for s in self.shards}
-        return _pack([json.dumps(header).encode(), *(s.state(saves) for s in self.shards)])
+        try:
+            states = [s.state(self.verdict.reason is None) for s in self.shards]
+        except tf.errors.OpError as exc:
+            self.verdict = Verdict(first_line(exc))
+            log.warning("%s: the state of its logical shards cannot be saved (%s); a resume skips within each "
+                        "shard, which is exact only if the pipeline yields the same records every time",
+                        self.what, self.verdict.reason)
+            states = [b""] * len(self.shards)
+        return _pack([json.dumps(header).encode(), *states])
 
     def restore(self, record: dict) -> None:
         """This worker's shards where ``record`` (:func:`unpack`) has them, the shuffles' seed
@@ -292,6 +302,46 @@ class ShardedReader:
                             f"this pipeline ({first_line(exc)}); was the dataset changed? Restore the pipeline "
                             "of the run, or start over with --fresh") from exc
         restore_seed_generators(generators)
+
+
+def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: Workers, strategy,
+                saved: bytes, fresh: bool, at: tuple[int, int]) -> ShardedReader | None:
+    """This worker's logical shards: restored where the checkpoint (``saved``) holds shards; new
+    where a run starts (``fresh``) with sharding asked for (several workers, or --data-shards)
+    and a pipeline that can be split; else None: the global stream (a run that began reading it
+    keeps reading it)."""
+    if saved and is_sharded(saved):
+        record = unpack(saved)
+        if _batch_size(stream) != record["batch"]:
+            raise DataError(f"{what}: the checkpoint's pipeline has batches of {record['batch']}, this one of "
+                            f"{_batch_size(stream)}; restore the pipeline of the run, or start over with --fresh")
+        if workers.requested not in (None, record["shards"]):
+            log.warning("--data-shards %d is ignored: the run reads %d logical shards, fixed when it started",
+                        workers.requested, record["shards"])
+        layout = resume_layout(record, workers.count, workers.index)
+        reader = ShardedReader(stream, layout, verdict, what, strategy, workers.first_replica)
+        reader.restore(record)
+        log.info("restored logical shards %s of %d of %s at epoch %d step %d (nothing skipped)",
+                 _span(layout.owned()), layout.shards, what, at[0] + 1, at[1])
+        return reader
+    if saved or not fresh or not workers.shards_new_runs():
+        return None
+    split = inspect(stream, verdict)
+    if split.reason is None and min(split.files, split.batch) < workers.count:
+        split = Split(reason=f"its {split.files} files or batch of {split.batch} cannot be shared among "
+                             f"{workers.count} workers; write the data in at least {workers.count} files")
+    if split.reason is not None:
+        log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, split.reason)
+        return None
+    layout = Layout(choose_count(workers.requested, split, workers.count), split.batch, workers.count,
+                    workers.index)
+    log.info("reading %s in %d logical shards of its %d files; this worker reads shards %s", what, layout.shards,
+             split.files, _span(layout.owned()))
+    return ShardedReader(stream, layout, verdict, what, strategy, workers.first_replica)
+
+
+def _span(shards: range) -> str:
+    return f"{shards[0]}-{shards[-1]}" if len(shards) > 1 else str(shards[0])
 
 
 def combine(blobs: list[bytes], layout: Layout) -> bytes:
@@ -321,18 +371,14 @@ def unpack(value: bytes) -> dict:
     return record
 
 
-def resume_layout(record: dict, workers: int, index: int, batch: int) -> Layout:
+def resume_layout(record: dict, workers: int, index: int) -> Layout:
     """The layout a resume with ``workers`` workers reads the checkpoint's shards in."""
     shards = record["shards"]
     if workers > shards or shards % workers:
-        works = ", ".join(map(str, divisors(shards)))
         raise ResumeShardError(f"the checkpoint's streamed pipeline is read in {shards} logical shards (fixed when "
                                f"the run started), which {workers} workers cannot share evenly; resume it with "
-                               f"{works} workers, or start a new run")
-    if record["batch"] != batch:
-        raise DataError(f"the checkpoint's streamed pipeline has batches of {record['batch']}, this one of {batch}; "
-                        "restore the pipeline of the run, or start over with --fresh")
-    return Layout(shards, batch, workers, index)
+                               f"{worker_counts(shards)} workers, or start a new run")
+    return Layout(shards, record["batch"], workers, index)
 
 
 def _pack(items: list[bytes]) -> bytes:

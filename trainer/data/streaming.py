@@ -129,38 +129,9 @@ class StreamingData:
         return self._feed
 
     def _sharded_reader(self, epoch: int, start_step: int) -> sharded.ShardedReader | None:
-        """This worker's logical shards when the run reads them: it started so (the checkpoint
-        holds shards), or starts now with sharding asked for (several workers, or --data-shards)
-        and a pipeline that can be split; None for the global stream."""
-        saved, workers = self.state.numpy(), self._workers
-        if saved and sharded.is_sharded(saved):
-            record = sharded.unpack(saved)
-            layout = sharded.resume_layout(record, workers.count, workers.index, record["batch"])
-            reader = self._new_reader(layout)
-            reader.restore(record)
-            log.info("restored logical shards %d-%d of %d of %s at epoch %d step %d (nothing skipped)",
-                     layout.owned()[0], layout.owned()[-1], layout.shards, self.what, epoch + 1, start_step)
-            return reader
-        if saved or (epoch, start_step) != (0, 0) or not workers.shards_new_runs():
-            return None  # (a run that began reading the global stream keeps reading it)
-        split = sharded.inspect(self.source, self.verdict)
-        if split.reason is not None:
-            log.warning("%s is read whole by each of the %d workers: it cannot be split among them (%s)",
-                        self.what, workers.count, split.reason)
-            return None
-        shards = sharded.choose_count(workers.requested, split, workers.count)
-        if shards < workers.count:
-            log.warning("%s is read whole by each of the %d workers: its %d files cannot be shared among them; "
-                        "write the data in at least %d files", self.what, workers.count, split.files, workers.count)
-            return None
-        layout = sharded.Layout(shards, split.batch, workers.count, workers.index)
-        log.info("reading %s in %d logical shards of files; this worker reads shards %d-%d", self.what, shards,
-                 layout.owned()[0], layout.owned()[-1])
-        return self._new_reader(layout)
-
-    def _new_reader(self, layout: sharded.Layout) -> sharded.ShardedReader:
-        return sharded.ShardedReader(self.stream, layout, self.verdict, self.what, self._strategy,
-                                     self._workers.first_replica)
+        """This worker's logical shards, when the run reads the pipeline so (see ``sharded.open_reader``)."""
+        return sharded.open_reader(self.stream, self.verdict, self.what, self._workers, self._strategy,
+                                   self.state.numpy(), fresh=(epoch, start_step) == (0, 0), at=(epoch, start_step))
 
     def _replayed(self, epoch: int, start_step: int):
         """The run's one iterator from its start, past the batches already trained on: a new
