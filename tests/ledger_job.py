@@ -29,7 +29,7 @@ EXAMPLES, FEATURES, CLASSES = 256, 6, 3
 @dataclass
 class Settings:
     batch_size: int = 16
-    source: Literal["arrays", "epoch_batches", "stream", "files"] = "arrays"
+    source: Literal["arrays", "epoch_batches", "stream", "files", "pipelines"] = "arrays"
     ledger: str = setting("ledger.txt", may_change=True, help="file the train step appends to")
     files: str = setting("", may_change=True, help="files: folder of TFRecord files written by write_files")
     count_decodes: bool = setting(False, may_change=True, help="files: count the records each process "
@@ -70,6 +70,8 @@ def build_data(s: Settings):
     y = rng.integers(0, CLASSES, EXAMPLES)
     if s.source == "files":
         return _files_pipeline(s)
+    if s.source == "pipelines":
+        return _per_pipeline(s)
     if s.source == "stream":  # unseeded, as users write it: the run's seed fixes the order
         return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(EXAMPLES // 2).batch(s.batch_size)
     arrays = trainer.ArrayData(x, y, batch_size=s.batch_size)
@@ -118,18 +120,27 @@ def write_files(folder, sizes: list[int]) -> int:
     return next_id
 
 
-def _files_pipeline(s: Settings) -> tf.data.Dataset:
+def _files_pipeline(s: Settings, context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Files in a new order each pass, interleaved, a reshuffling shuffle buffer, a parallel
-    parse, batches: the shape of a TFRecord pipeline as users write it, with a known length."""
+    parse, batches: the shape of a TFRecord pipeline as users write it, with a known length.
+    With ``context``, one input pipeline of several, as distribute_datasets_from_function makes them."""
     paths = sorted(str(p) for p in Path(s.files).glob("part-*.tfrecord"))
     total = sum(1 for _ in tf.data.TFRecordDataset(paths))
-    files = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths))
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=2).shuffle(64)
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    batch = s.batch_size
+    if context is not None:
+        files = files.shard(context.num_input_pipelines, context.input_pipeline_id)
+        batch = context.get_per_replica_batch_size(s.batch_size)
+    records = files.shuffle(len(paths)).interleave(tf.data.TFRecordDataset, cycle_length=2).shuffle(64)
     if s.count_decodes:
         records = records.map(lambda r: tf.py_function(_counted, [r], tf.string))
     examples = records.map(lambda r: _parse(r), num_parallel_calls=2, deterministic=True)
-    batches = examples.batch(s.batch_size).prefetch(2)
+    batches = examples.batch(batch).prefetch(2)
     return batches.apply(tf.data.experimental.assert_cardinality(-(-total // s.batch_size)))
+
+
+def _per_pipeline(s: Settings):
+    return lambda context: _files_pipeline(s, context)
 
 
 def _counted(record):

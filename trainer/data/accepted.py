@@ -3,6 +3,8 @@ EpochBatches as they are, a plain tf.data.Dataset as StreamingData, a keras PyDa
 as EpochBatches; validation arrays batched as ``model.fit`` batches them."""
 from __future__ import annotations
 
+import inspect
+
 import tensorflow as tf
 
 from .sources import SINGLE, ArrayData, EpochBatches
@@ -17,11 +19,37 @@ def from_job(value, what: str):
         return value
     if isinstance(value, tf.data.Dataset):
         return StreamingData(value, what)
+    if _is_input_function(value):
+        return _per_pipeline(value, what)
     import keras
     if isinstance(value, keras.utils.PyDataset):
         return _from_py_dataset(value, what)
-    raise ValueError(f"{what} must be trainer.ArrayData, trainer.EpochBatches, a tf.data.Dataset of batches "
-                     f"or a keras.utils.PyDataset, got {type(value).__name__}")
+    raise ValueError(f"{what} must be trainer.ArrayData, trainer.EpochBatches, a tf.data.Dataset of batches, "
+                     "a function of a tf.distribute.InputContext that returns one, or a keras.utils.PyDataset, got "
+                     f"{type(value).__name__}")
+
+
+def _is_input_function(value) -> bool:
+    """A function of one argument (a ``tf.distribute.InputContext``), as
+    ``distribute_datasets_from_function`` takes."""
+    if not callable(value) or isinstance(value, type):
+        return False
+    try:
+        parameters = inspect.signature(value).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) == 1
+
+
+def _per_pipeline(make, what: str) -> StreamingData:
+    """A stream made per input pipeline by the job's function: with one pipeline it is the global
+    stream; with logical shards, each shard is one input pipeline (see ``sharded``)."""
+    dataset = make(tf.distribute.InputContext())
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(f"{what}: a function of a tf.distribute.InputContext must return a tf.data.Dataset of "
+                         f"batches, got {type(dataset).__name__}")
+    return StreamingData(dataset, what, per_pipeline=make)
 
 
 def _from_py_dataset(value, what: str) -> EpochBatches:

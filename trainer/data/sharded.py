@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from ..errors import BAD_INPUT, CHECKPOINT_ERROR, TrainerError
-from .pipeline_graph import Verdict, first_line, restore_seed_generators, seed_generator_states
+from .pipeline_graph import Verdict, checkpointable, first_line, restore_seed_generators, seed_generator_states
 from .sources import DataError, Replicas, share
 
 log = logging.getLogger("trainer")
@@ -104,8 +104,9 @@ class Split:
     reason: str | None = None
 
 
-def inspect(dataset: tf.data.Dataset, verdict: Verdict) -> Split:
-    """Whether ``dataset`` can be read in logical shards of files, from its chain of datasets."""
+def inspect(dataset: tf.data.Dataset, verdict: Verdict, per_pipeline: bool = False) -> Split:
+    """Whether ``dataset`` can be read in logical shards of files, from its chain of datasets
+    (``per_pipeline``: the job's function shards it itself, files or not)."""
     if verdict.replay:
         return Split(reason=f"its reshuffling cannot be restored shard by shard ({verdict.reason})")
     if int(dataset.cardinality()) < 1:
@@ -114,7 +115,7 @@ def inspect(dataset: tf.data.Dataset, verdict: Verdict) -> Split:
     batch, files = _batch_size(dataset), _file_count(dataset)
     if batch is None:
         return Split(reason="it has no batch() with a fixed batch size to split among the shards")
-    if files is None:
+    if files is None and not per_pipeline:
         return Split(reason="it does not start from a list of files (from_tensor_slices(files) or "
                             "list_files, then interleave or a reader such as TFRecordDataset)")
     return Split(batch=batch, files=files)
@@ -148,21 +149,27 @@ def _file_count(dataset) -> int | None:
     return None
 
 
-def choose_count(requested: int | None, split: Split, workers: int) -> int:
+def choose_count(requested: int | None, split: Split, workers: int, per_pipeline: bool = False) -> int:
     """The logical shards of a new run: ``requested`` (--data-shards), else the files, at most
-    MAX_DEFAULT_SHARDS, rounded down to a multiple of the worker count."""
-    most = min(split.files, split.batch)
+    MAX_DEFAULT_SHARDS, rounded down to a multiple of the worker count (0: none fits). A job's
+    per-input-pipeline function batches ``get_per_replica_batch_size``, so there they divide the batch."""
+    most = min(split.files or split.batch, split.batch)
     if requested is not None:
         if requested > most:
-            limit = "files" if split.files <= split.batch else "examples in a batch"
+            limit = "files" if (split.files or split.batch) <= split.batch else "examples in a batch"
             raise ShardCountError(f"--data-shards {requested}: the pipeline has only {most} {limit} to split; "
                                   f"use at most {most}")
         if requested % workers:
             raise ShardCountError(f"--data-shards {requested} cannot be split evenly among {workers} workers; "
                                   f"with {requested} logical shards the job can run on {worker_counts(requested)} "
                                   "workers")
+        if per_pipeline and split.batch % requested:
+            raise ShardCountError(f"--data-shards {requested} does not divide the global batch of {split.batch}, "
+                                  "which the job's input-pipeline function splits with get_per_replica_batch_size")
         return requested
-    return min(most, MAX_DEFAULT_SHARDS) // workers * workers
+    fits = [n for n in range(min(most, MAX_DEFAULT_SHARDS), 0, -1)
+            if n % workers == 0 and not (per_pipeline and split.batch % n)]
+    return fits[0] if fits else 0
 
 
 @dataclass
@@ -174,9 +181,11 @@ class Position:
 
 @dataclass
 class Shard:
-    """One logical shard: its pipeline (the job's, FILE-sharded, re-batched to its micro-batch) and iterator."""
+    """One logical shard: its pipeline (the job's, FILE-sharded, in micro-batches) and iterator;
+    ``shuffles``: the reshuffling shuffles of its own (a pipeline made for it by the job's function)."""
     index: int
     dataset: tf.data.Dataset
+    shuffles: tuple = ()
     position: Position = field(default_factory=Position)
     iterator: object = None
 
@@ -214,6 +223,18 @@ class Shard:
             return
         for _ in range(position.taken):
             next(self.iterator)
+
+
+def pipeline_shards(make, layout: Layout) -> list[Shard]:
+    """This worker's shards from the job's function of a ``tf.distribute.InputContext``, as
+    ``distribute_datasets_from_function`` calls it: one input pipeline per logical shard, each
+    with one replica's share of the batch, so that ``get_per_replica_batch_size`` gives the
+    micro-batch and ``shard(num_input_pipelines, input_pipeline_id)`` the shard."""
+    shards = []
+    for k in layout.owned():
+        dataset, verdict = checkpointable(make(tf.distribute.InputContext(layout.shards, k, layout.shards)))
+        shards.append(Shard(k, dataset, verdict.shuffles))
+    return shards
 
 
 def shard_datasets(stream: tf.data.Dataset, layout: Layout) -> dict[int, tf.data.Dataset]:
@@ -254,9 +275,12 @@ class ShardedReader:
     read_eagerly = True
 
     def __init__(self, stream: tf.data.Dataset, layout: Layout, verdict: Verdict, what: str,
-                 strategy: tf.distribute.Strategy | None, first_replica: int):
+                 strategy: tf.distribute.Strategy | None, first_replica: int, per_pipeline=None):
         self.layout, self.verdict, self.what = layout, verdict, what
-        self.shards = [Shard(k, ds) for k, ds in shard_datasets(stream, layout).items()]
+        self.shards = pipeline_shards(per_pipeline, layout) if per_pipeline else \
+            [Shard(k, ds) for k, ds in shard_datasets(stream, layout).items()]
+        self._checked = per_pipeline is None  # (the job's function is trusted to batch as asked once seen)
+        self._shared_shuffles = () if per_pipeline else verdict.shuffles  # (the rewrite's shards share them)
         self.strategy, self.first_replica = strategy, first_replica
         local = len(strategy.extended.worker_devices) if strategy is not None and \
             strategy.num_replicas_in_sync > 1 else 1
@@ -267,11 +291,22 @@ class ShardedReader:
 
     def __next__(self):
         parts = [shard.next() for shard in self.shards]
+        if not self._checked:
+            self._check_sizes(parts)
         batch = parts[0] if len(parts) == 1 else tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *parts)
         if self.replicas.total == 1 and (self.strategy is None or self.strategy.num_replicas_in_sync == 1):
             return batch
         return self.strategy.experimental_distribute_values_from_function(
             lambda context: share(batch, self.replicas, context.replica_id_in_sync_group - self.first_replica))
+
+    def _check_sizes(self, parts) -> None:
+        for shard, part in zip(self.shards, parts):
+            size = int(tf.shape(tf.nest.flatten(part)[0])[0])
+            if size > self.layout.micro(shard.index):
+                raise DataError(f"{self.what}: input pipeline {shard.index} of {self.layout.shards} gave a batch of "
+                                f"{size}, more than its share of the global batch of {self.layout.batch}; batch it "
+                                "with input_context.get_per_replica_batch_size(global_batch_size)")
+        self._checked = True
 
     # -- saving and restoring -------------------------------------------------
     def mine(self) -> bytes:
@@ -292,24 +327,30 @@ class ShardedReader:
         """This worker's shards where ``record`` (:func:`unpack`) has them, the shuffles' seed
         generators where this worker's uninterrupted run had them: one draw per pass begun."""
         positions, states = record["positions"], record["states"]
+        exact = self.verdict.reason is None
         begun = sum(positions[s.index].passes for s in self.shards)
-        generators = seed_generator_states(self.verdict.shuffles, begun) if self.verdict.reason is None else []
-        try:
-            for shard in self.shards:
+        shared = seed_generator_states(self._shared_shuffles, begun) if exact else []
+        for shard in self.shards:
+            own = seed_generator_states(shard.shuffles, positions[shard.index].passes) if exact else []
+            try:
                 shard.restore(positions[shard.index], states[shard.index])
-        except (tf.errors.OpError, ValueError) as exc:
-            raise DataError(f"{self.what}: the checkpoint's state of logical shard {shard.index} does not fit "
-                            f"this pipeline ({first_line(exc)}); was the dataset changed? Restore the pipeline "
-                            "of the run, or start over with --fresh") from exc
-        restore_seed_generators(generators)
+            except (tf.errors.OpError, ValueError) as exc:
+                raise DataError(f"{self.what}: the checkpoint's state of logical shard {shard.index} does not fit "
+                                f"this pipeline ({first_line(exc)}); was the dataset changed? Restore the "
+                                "pipeline of the run, or start over with --fresh") from exc
+            restore_seed_generators(own)
+        restore_seed_generators(shared)
 
 
 def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: Workers, strategy,
-                saved: bytes, fresh: bool, at: tuple[int, int]) -> ShardedReader | None:
+                saved: bytes, fresh: bool, at: tuple[int, int], per_pipeline=None) -> ShardedReader | None:
     """This worker's logical shards: restored where the checkpoint (``saved``) holds shards; new
     where a run starts (``fresh``) with sharding asked for (several workers, or --data-shards)
     and a pipeline that can be split; else None: the global stream (a run that began reading it
-    keeps reading it)."""
+    keeps reading it). ``per_pipeline``: the job's function of an InputContext, which makes each
+    shard's pipeline (``stream`` is then what it made for one pipeline: the global stream)."""
+    def reader(layout: Layout) -> ShardedReader:
+        return ShardedReader(stream, layout, verdict, what, strategy, workers.first_replica, per_pipeline)
     if saved and is_sharded(saved):
         record = unpack(saved)
         if _batch_size(stream) != record["batch"]:
@@ -319,25 +360,27 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
             log.warning("--data-shards %d is ignored: the run reads %d logical shards, fixed when it started",
                         workers.requested, record["shards"])
         layout = resume_layout(record, workers.count, workers.index)
-        reader = ShardedReader(stream, layout, verdict, what, strategy, workers.first_replica)
-        reader.restore(record)
+        restored = reader(layout)
+        restored.restore(record)
         log.info("restored logical shards %s of %d of %s at epoch %d step %d (nothing skipped)",
                  _span(layout.owned()), layout.shards, what, at[0] + 1, at[1])
-        return reader
+        return restored
     if saved or not fresh or not workers.shards_new_runs():
         return None
-    split = inspect(stream, verdict)
-    if split.reason is None and min(split.files, split.batch) < workers.count:
-        split = Split(reason=f"its {split.files} files or batch of {split.batch} cannot be shared among "
-                             f"{workers.count} workers; write the data in at least {workers.count} files")
+    split = inspect(stream, verdict, per_pipeline is not None)
+    shards = choose_count(workers.requested, split, workers.count, per_pipeline is not None) \
+        if split.reason is None else 0
+    if split.reason is None and not shards:
+        split = Split(reason=f"its {split.files or 'input'} files and batch of {split.batch} cannot be shared "
+                             f"evenly among {workers.count} workers; write the data in at least {workers.count} "
+                             "files")
     if split.reason is not None:
         log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, split.reason)
         return None
-    layout = Layout(choose_count(workers.requested, split, workers.count), split.batch, workers.count,
-                    workers.index)
-    log.info("reading %s in %d logical shards of its %d files; this worker reads shards %s", what, layout.shards,
-             split.files, _span(layout.owned()))
-    return ShardedReader(stream, layout, verdict, what, strategy, workers.first_replica)
+    layout = Layout(shards, split.batch, workers.count, workers.index)
+    source = "input pipelines of the job's function" if per_pipeline else f"logical shards of its {split.files} files"
+    log.info("reading %s in %d %s; this worker reads shards %s", what, shards, source, _span(layout.owned()))
+    return reader(layout)
 
 
 def _span(shards: range) -> str:

@@ -41,7 +41,7 @@ class StreamingData:
     the epoch (``dataset``). ``warning`` names the reason either way.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, what: str):
+    def __init__(self, dataset: tf.data.Dataset, what: str, per_pipeline=None):
         steps = int(dataset.cardinality())
         if steps < 1:
             raise ValueError(f"{what} is a tf.data.Dataset of unknown or infinite length ({steps}): the "
@@ -54,6 +54,7 @@ class StreamingData:
         self._feed = None  # what the loop reads: the iterator, or the replicas' shares of its batches
         self._strategy = None
         self._workers = sharded.Workers()
+        self.per_pipeline = per_pipeline  # the job's function of an InputContext that made ``dataset``
         self._reader: sharded.ShardedReader | None = None  # this worker's logical shards (sharded reading)
 
     def __repr__(self) -> str:
@@ -131,7 +132,8 @@ class StreamingData:
     def _sharded_reader(self, epoch: int, start_step: int) -> sharded.ShardedReader | None:
         """This worker's logical shards, when the run reads the pipeline so (see ``sharded.open_reader``)."""
         return sharded.open_reader(self.stream, self.verdict, self.what, self._workers, self._strategy,
-                                   self.state.numpy(), fresh=(epoch, start_step) == (0, 0), at=(epoch, start_step))
+                                   self.state.numpy(), fresh=(epoch, start_step) == (0, 0), at=(epoch, start_step),
+                                   per_pipeline=self.per_pipeline)
 
     def _replayed(self, epoch: int, start_step: int):
         """The run's one iterator from its start, past the batches already trained on: a new

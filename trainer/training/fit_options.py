@@ -94,7 +94,10 @@ def class_weighted(source, class_weight: dict):
     from ..data.streaming import StreamingData
     if isinstance(source, StreamingData):
         _check_batches(source.source.element_spec)
-        return StreamingData(source.source.map(_weigh(class_weight)), source.what)
+        weigh = _weigh(class_weight)
+        make = source.per_pipeline
+        return StreamingData(source.source.map(weigh), source.what,
+                             per_pipeline=make and (lambda context: make(context).map(weigh)))
     return ClassWeighted(source, class_weight)
 
 
