@@ -14,7 +14,9 @@ labels (``train-labels.npy``). Then train with one of two readers::
 * ``--reader stream`` (default): a streaming ``tf.data`` pipeline, TFRecord
   shards -> interleave -> shuffle buffer -> parallel parse and decode ->
   batch. The trainer saves its iterator's state with every checkpoint and
-  resumes from it, reading nothing twice.
+  resumes from it, reading nothing twice. With several workers each reads only
+  its logical shards of the files (``--data-shards``; by default one per file,
+  so 16 here: a run may then resume on 1, 2, 4, 8 or 16 workers).
 * ``--reader records``: index-addressable: ``trainer.ArrayData`` over the
   records (each one read by its offset) with a ``prepare`` that decodes; each
   epoch is a full permutation drawn from ``(seed, epoch)``.
