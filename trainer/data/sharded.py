@@ -4,7 +4,10 @@ A plain ``tf.data`` pipeline that starts from a list of files is split into ``L`
 logical shards by TensorFlow's own FILE auto-shard rewrite (the one
 ``experimental_distribute_dataset`` applies for its workers, here with ``L``
 shards): shard ``k`` reads files ``k, k + L, ...`` and nothing else. ``L`` is
-fixed when the run starts and kept in every checkpoint.
+fixed when the run starts and kept in every checkpoint. A job that writes its
+pipeline as a function of a ``tf.distribute.InputContext`` (what
+``distribute_datasets_from_function`` takes) has each shard made by that
+function instead, as input pipeline ``k`` of ``L``.
 
 Every step takes from every shard its *micro-batch*, the global batch ``B``
 split ``L`` ways (sizes as even as possible, as :class:`~.sources.Replicas`
@@ -69,6 +72,7 @@ class Workers:
     gather: Callable[[bytes], list] = lambda data: [data]  # every worker's bytes, in worker order (a collective)
 
     def shards_new_runs(self) -> bool:
+        """Whether a run that starts now reads a pipeline over files in logical shards."""
         return self.requested != 0 and (self.requested is not None or self.count > 1)
 
 
