@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests import ledger_job
-from trainer.data import sharded
+from trainer.data import shard_plan, sharded
 from trainer.data.accepted import from_job
 from trainer.errors import BAD_INPUT, CHECKPOINT_ERROR
 
@@ -33,7 +33,7 @@ def _source(files, kind: str, workers: int = 1, index: int = 0, state: bytes = b
     tf.random.set_seed(7)
     settings = ledger_job.Settings(batch_size=BATCH, source=kind, files=str(files))
     source = from_job(ledger_job.build_data(settings), "train")
-    source.bind(tf.distribute.get_strategy(), sharded.Workers(workers, index, index, SHARDS))
+    source.bind(tf.distribute.get_strategy(), shard_plan.Workers(workers, index, index, SHARDS))
     source.state.assign(state)
     return source
 
@@ -72,7 +72,7 @@ def test_a_state_saved_by_two_workers_resumes_on_one_or_four_exactly_once(files)
     halves = [_source(files, "files", 2, index) for index in (0, 1)]
     seen = [i for source in halves for _ in range(5) for i in _ids(next(source.iterator(0, 0)))]
     blobs = [source._reader.mine() for source in halves]
-    state = sharded.combine(blobs, sharded.Layout(SHARDS, BATCH, 2))
+    state = sharded.combine(blobs, shard_plan.Layout(SHARDS, BATCH, 2))
     assert sharded.unpack(state)["positions"] == [sharded.Position(1, 5)] * SHARDS
     for workers in (1, 4):
         rest = []
@@ -87,37 +87,37 @@ def test_a_commit_never_holds_part_of_the_shards():
     """The chief refuses to write the shards' states when a worker's are missing."""
     blob = sharded._pack([b'{"0": [1, 2], "1": [1, 2]}', b"a", b"b"])
     with pytest.raises(RuntimeError, match="expected 0..3"):
-        sharded.combine([blob], sharded.Layout(4, 16, 2))
+        sharded.combine([blob], shard_plan.Layout(4, 16, 2))
 
 
 def test_shard_counts_chosen_and_refused():
-    split = sharded.Split(batch=64, files=100)
-    assert sharded.choose_count(None, split, 1) == 64 and sharded.choose_count(None, split, 3) == 63
-    assert sharded.choose_count(None, sharded.Split(batch=64, files=10), 4) == 8
-    assert sharded.choose_count(None, sharded.Split(batch=60, files=None), 3, per_pipeline=True) == 60
-    assert sharded.choose_count(None, sharded.Split(batch=56, files=None), 8, per_pipeline=True) == 56
-    assert sharded.choose_count(None, sharded.Split(batch=60, files=None), 8, per_pipeline=True) == 0
-    assert sharded.choose_count(None, sharded.Split(batch=64, files=3), 4) == 0
-    with pytest.raises(sharded.ShardCountError, match="cannot be split evenly among 3 workers.*1, 2, 4 or 8") as bad:
-        sharded.choose_count(8, split, 3)
+    split = shard_plan.Split(batch=64, files=100)
+    assert shard_plan.choose_count(None, split, 1) == 64 and shard_plan.choose_count(None, split, 3) == 63
+    assert shard_plan.choose_count(None, shard_plan.Split(batch=64, files=10), 4) == 8
+    assert shard_plan.choose_count(None, shard_plan.Split(batch=60, files=None), 3, per_pipeline=True) == 60
+    assert shard_plan.choose_count(None, shard_plan.Split(batch=56, files=None), 8, per_pipeline=True) == 56
+    assert shard_plan.choose_count(None, shard_plan.Split(batch=60, files=None), 8, per_pipeline=True) == 0
+    assert shard_plan.choose_count(None, shard_plan.Split(batch=64, files=3), 4) == 0
+    with pytest.raises(shard_plan.ShardCountError, match="cannot be split evenly among 3 workers.*1, 2, 4 or 8") as bad:
+        shard_plan.choose_count(8, split, 3)
     assert bad.value.exit_code == BAD_INPUT
-    with pytest.raises(sharded.ShardCountError, match="only 10 files"):
-        sharded.choose_count(12, sharded.Split(batch=64, files=10), 1)
-    with pytest.raises(sharded.ResumeShardError, match="12 logical shards.*5 workers.*1, 2, 3, 4, 6 or 12") as bad:
-        sharded.resume_layout({"shards": 12, "batch": 24}, 5, 0)
+    with pytest.raises(shard_plan.ShardCountError, match="only 10 files"):
+        shard_plan.choose_count(12, shard_plan.Split(batch=64, files=10), 1)
+    with pytest.raises(shard_plan.ResumeShardError, match="12 logical shards.*5 workers.*1, 2, 3, 4, 6 or 12") as bad:
+        shard_plan.resume_layout({"shards": 12, "batch": 24}, 5, 0)
     assert bad.value.exit_code == CHECKPOINT_ERROR
-    assert list(sharded.resume_layout({"shards": 12, "batch": 24}, 3, 2).owned()) == [8, 9, 10, 11]
+    assert list(shard_plan.resume_layout({"shards": 12, "batch": 24}, 3, 2).owned()) == [8, 9, 10, 11]
 
 
 def test_pipelines_that_cannot_be_split_say_why(files):
     arrays = tf.data.Dataset.from_tensor_slices(np.zeros((32, 2), "float32")).batch(8)
     source = from_job(arrays, "train")
-    assert "list of files" in sharded.inspect(source.stream, source.verdict).reason
+    assert "list of files" in shard_plan.inspect(source.stream, source.verdict).reason
     unknown = tf.data.TFRecordDataset(sorted(map(str, files.glob("*.tfrecord")))).batch(8)
-    assert "assert_cardinality" in sharded.inspect(unknown, from_job(unknown.apply(
+    assert "assert_cardinality" in shard_plan.inspect(unknown, from_job(unknown.apply(
         tf.data.experimental.assert_cardinality(24)), "train").verdict).reason
     oversized = from_job(lambda context: ledger_job._files_pipeline(
         ledger_job.Settings(batch_size=BATCH, files=str(files))), "train")  # ignores the context's batch size
-    oversized.bind(tf.distribute.get_strategy(), sharded.Workers(1, 0, 0, SHARDS))
+    oversized.bind(tf.distribute.get_strategy(), shard_plan.Workers(1, 0, 0, SHARDS))
     with pytest.raises(sharded.DataError, match="gave a batch of 16, more than its share.*get_per_replica_batch_size"):
         next(oversized.iterator(0, 0))

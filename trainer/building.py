@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from .config import TrainConfig
 from .data import accepted
-from .data.sharded import Workers
+from .data.shard_plan import Workers
 from .data.sources import DataError
 from .data.streaming import StreamingData
 from .job import Job, JobError

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from . import sharded
 from .pipeline_graph import Verdict, checkpointable, first_line, restore_seed_generators, seed_generator_states
+from .shard_plan import Workers
 from .sources import SINGLE, DataError, Replicas, share, split_for_replicas
 
 log = logging.getLogger("trainer")
@@ -53,7 +54,7 @@ class StreamingData:
         self._iterator = None  # the run's one iterator of global batches
         self._feed = None  # what the loop reads: the iterator, or the replicas' shares of its batches
         self._strategy = None
-        self._workers = sharded.Workers()
+        self._workers = Workers()
         self.per_pipeline = per_pipeline  # the job's function of an InputContext that made ``dataset``
         self._reader: sharded.ShardedReader | None = None  # this worker's logical shards (sharded reading)
 
@@ -84,7 +85,7 @@ class StreamingData:
                 "is exact only if it yields the same batches every time (no reshuffling, no unseeded random "
                 "ops); use trainer.ArrayData or trainer.EpochBatches for exact resume")
 
-    def bind(self, strategy: tf.distribute.Strategy, workers: sharded.Workers = sharded.Workers()) -> dict:
+    def bind(self, strategy: tf.distribute.Strategy, workers: Workers = Workers()) -> dict:
         """The checkpoint group for the iterator state (in every checkpoint of the run, empty when
         skipping), for a run under ``strategy`` on ``workers``."""
         self._strategy, self._workers = strategy, workers
