@@ -259,6 +259,7 @@ class ShardedReader:
         local = len(strategy.extended.worker_devices) if strategy is not None and \
             strategy.num_replicas_in_sync > 1 else 1
         self.replicas = Replicas(total=local)
+        self.records = 0  # examples this process read of its shards (see share)
 
     def __iter__(self):
         return self
@@ -266,10 +267,17 @@ class ShardedReader:
     def __next__(self):
         parts = [shard.next() for shard in self.shards]
         batch = parts[0] if len(parts) == 1 else tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *parts)
+        self.records += int(tf.nest.flatten(batch)[0].shape[0])
         if self.replicas.total == 1 and (self.strategy is None or self.strategy.num_replicas_in_sync == 1):
             return batch
         return self.strategy.experimental_distribute_values_from_function(
             lambda context: share(batch, self.replicas, context.replica_id_in_sync_group - self.first_replica))
+
+    def share(self) -> str:
+        """What this process read, in words (``trainer verify`` reads each worker's share from it)."""
+        owned = self.layout.owned()
+        return (f"worker {self.layout.index} read {self.records} records of its share of {self.what} "
+                f"(shards {owned[0]}-{owned[-1]} of {self.layout.shards})")
 
     # -- saving and restoring -------------------------------------------------
     def mine(self) -> bytes:

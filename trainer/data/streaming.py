@@ -128,6 +128,11 @@ class StreamingData:
             self._feed = _Shares(self._iterator, self._strategy) if several else self._iterator
         return self._feed
 
+    def log_share(self) -> None:
+        """At the end of this process's training: the records it read of its logical shards."""
+        if self._reader is not None:
+            log.info("%s", self._reader.share())
+
     def _sharded_reader(self, epoch: int, start_step: int) -> sharded.ShardedReader | None:
         """This worker's logical shards when the run reads them: it started so (the checkpoint
         holds shards), or starts now with sharding asked for (several workers, or --data-shards)
