@@ -50,10 +50,58 @@ def test_verify_names_a_callback_with_state_and_no_protocol():
     assert "likely cause: a callback keeps state in its attributes without the state protocol" in out
 
 
+def test_verify_resumes_a_sharded_pipeline_on_another_worker_count(tmp_path):
+    # 12 files of 20 records, batches of 24: 12 logical shards of micro-batches of 2, 10 steps per
+    # epoch. The stop is asked for at global step 4; two workers agree on it every 8 steps, so it
+    # lands at step 8 or 16, mid-pass, and the run resumes on 3 workers (4 shards each)
+    from tests import ledger_job
+    ledger_job.write_files(tmp_path / "files", [20] * 12)
+    code, out = verify("--job", str(helpers.ROOT / "tests" / "ledger_job.py"), "--source", "files", "--files",
+                       str(tmp_path / "files"), "--batch-size", "24", "--ledger", str(tmp_path / "ledger.txt"),
+                       "--epochs", "3", "--steps", "30", "--stops", "1", "--stop-seed", "14", "--workers", "2",
+                       "--resume-workers", "3")
+    assert code == 0, out
+    assert "signals once it reports global steps 4\n" in out and "; resumed on 3 workers\n" in out
+    assert ("uninterrupted run (2 workers, global steps 1-30): worker 0: 360 records (shards 0-5 of 12), worker 1: "
+            "360 records (shards 6-11 of 12); each within one batch (12) of an even share (360)") in out
+    assert "worker 2: " in out and " records (shards 8-11 of 12); each within one batch (8) of an even share" in out
+    assert ("PASSED: every record of each pass of each logical shard trained exactly once after 30 steps with "
+            "1 stop resumed on 3 workers") in out
+    assert "the weights are not compared bitwise" in out
+
+
+def _reads(passes):
+    """Reads of one shard, two examples a step: ``passes`` lists each pass's fingerprints."""
+    reads, step = [], 0
+    for number, fingerprints in enumerate(passes, 1):
+        for i in range(0, len(fingerprints), 2):
+            reads.append([step, 0, number, fingerprints[i:i + 2]])
+            step += 1
+    return reads
+
+
+def test_the_data_check_finds_a_record_trained_twice_or_lost_in_a_pass():
+    from trainer.verify.records import differences
+    reference = _reads([["a", "b", "c", "d"], ["d", "c", "b", "a"], ["b", "a"]])
+    assert differences(reference, _reads([["a", "b", "c", "d"], ["c", "a", "d", "b"], ["a", "b"]]), False) == []
+    doubled = differences(reference, _reads([["a", "b", "c", "d"], ["d", "c", "d", "a"], ["b", "a"]]), False)
+    assert doubled == ["logical shard 0, pass 2: 1 record trained twice, 1 record of the pass not trained"]
+    assert differences(reference, _reads([["a", "b", "c", "d"], ["d", "c", "b", "a"], ["b", "b"]]), False) == [
+        "logical shard 0, pass 3: 1 record trained twice"]  # (a last pass, maybe partial: doubles only)
+    assert differences(reference, _reads([["a", "b", "c", "d"], ["c", "a", "d", "b"], ["a", "b"]]), True) == [
+        "global step 3: other examples than the uninterrupted run's",
+        "global step 4: other examples than the uninterrupted run's",
+        "global step 5: other examples than the uninterrupted run's"]
+    shifted = differences(reference, _reads([["a", "b", "c", "d", "e", "f"], ["d", "c", "b", "a"]]), False)
+    assert shifted[0].startswith("global step 3: the shards' passes or micro-batch sizes differ"), shifted
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--run-dir", "x"], "--run-dir: verify chooses it itself"),
     (["--steps", "1"], "--steps: must be >= 2"),
     (["--stops", "5", "--steps", "5"], "--stops: 5 stops need more than 5 --steps"),
+    (["--workers", "0"], "--workers: must be >= 1, got 0"),
+    (["--resume-workers", "0"], "--resume-workers: must be >= 1, got 0"),
 ])
 def test_verify_bad_input_exits_2(args, expected):
     code, out = verify(*args)
