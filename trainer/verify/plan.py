@@ -32,7 +32,8 @@ class Plan:
 
 def parser(prog: str = "trainer verify") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False, epilog="Exit code 0: bitwise equal; 1: they differ, or a run failed "
+        prog=prog, allow_abbrev=False, epilog="Exit code 0: bitwise equal (with --resume-workers "
+        "on another count: every record trained as in the uninterrupted run); 1: they differ, or a run failed "
         "(the likely cause is named); 2: a bad flag, job or setting.", description="Prove that a job resumes exactly: an uninterrupted short run "
         "and the same run stopped by real signals at random steps, every variable compared bitwise. Flags "
         "it does not know (the job's settings, --preset, --epochs, --seed, ...) go to train.")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,15 +160,23 @@ class Workers:
         return next((code for code in codes if code != errors.DONE), codes[0])
 
 
+_PORTS_GIVEN: set[int] = set()  # to the workers of this verify's starts: the two runs start side by side
+_PORTS_LOCK = threading.Lock()
+
+
 def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``n`` ports free on 127.0.0.1 now, none given before by this process (a port just closed may be
+    given again by the system, to the other run's workers starting at the same moment)."""
+    with _PORTS_LOCK:
+        ports: list[int] = []
+        while len(ports) < n:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                ports.append(port)
+        return ports
 
 
 def _finish(run: Run, proc: Workers, seen: list[str], sig: int | None) -> int:

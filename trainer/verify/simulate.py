@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from .messages import count
+
 
 class NotSharded(Exception):
     """The pipeline is read whole by every worker; the message says why."""
@@ -68,11 +70,17 @@ def _reader(job, cfg, start: dict, index: int):
         raise NotSharded("it is not a tf.data pipeline read as a stream")
     workers = start["workers"]
     if start["state"]:
-        record = sharded.unpack(Path(start["state"]).read_bytes())
+        saved = Path(start["state"]).read_bytes()
+        if not sharded.is_sharded(saved):
+            raise NotSharded("the run began reading the whole stream on every worker, and keeps reading it so")
+        record = sharded.unpack(saved)
         reader = sharded.ShardedReader(train.stream, sharded.resume_layout(record, workers, index, record["batch"]),
                                        train.verdict, what, None, 0)
         reader.restore(record)
         return reader
+    if not sharded.Workers(workers, requested=cfg.get("data_shards")).shards_new_runs():
+        raise NotSharded(f"a run that starts on {count(workers, 'worker')} with --data-shards "
+                         f"{cfg.get('data_shards')} reads the whole stream")
     split = sharded.inspect(train.source, train.verdict)
     if split.reason is not None:
         raise NotSharded(split.reason)
