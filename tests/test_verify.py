@@ -96,6 +96,22 @@ def test_the_data_check_finds_a_record_trained_twice_or_lost_in_a_pass():
     assert shifted[0].startswith("global step 3: the shards' passes or micro-batch sizes differ"), shifted
 
 
+def test_verify_reports_each_workers_share_or_that_every_worker_reads_it_whole(capsys):
+    from trainer.verify.shares import report_shares
+    share = "[trainer] INFO worker {} read {} records of its share of job j.py: data (shards {}-{} of 12)\n"
+    stop = "[trainer] SIGTERM received: stopped at epoch 1 step 8/8 (global step 8); checkpoint ckpt-1 (0.1s)\n"
+    report_shares(_run_with("", [[share.format(0, 240, 0, 5), share.format(1, 200, 6, 11)]]), 20)
+    whole = ("[trainer] WARNING job j.py: data is read whole by each of the 2 workers: it cannot be split among "
+             "them (its length is unknown, ...)\n")
+    report_shares(_run_with(stop, [[stop + whole, whole], ["", ""]]), 20)
+    assert capsys.readouterr().out.splitlines() == [
+        "verify: uninterrupted run (2 workers, global steps 1-20): worker 0: 240 records (shards 0-5 of 12), "
+        "worker 1: 200 records (shards 6-11 of 12); uneven: worker 0 +20, worker 1 -20 records from an even share "
+        "(220), more than one batch (11)",
+        "verify: uninterrupted run, start 1 (2 workers, global steps 1-8): the training data is not read in logical "
+        "shards of files: every worker reads all of it; it cannot be split among them (its length is unknown, ...)"]
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--run-dir", "x"], "--run-dir: verify chooses it itself"),
     (["--steps", "1"], "--steps: must be >= 2"),
@@ -125,11 +141,11 @@ def test_max_steps_ends_mid_epoch_and_a_later_start_continues_exactly(tmp_path, 
 
 
 # -- the causes verify reads from the runs' output (unit tests of that seam, no training) --
-def _run_with(output):
+def _run_with(output, workers=()):
     from pathlib import Path
 
     from trainer.verify.runs import Run
-    return Run("uninterrupted", Path("unused"), [output])
+    return Run("uninterrupted", Path("unused"), [output], list(workers))
 
 
 @pytest.mark.parametrize("warning, cause", [

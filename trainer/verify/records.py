@@ -19,12 +19,13 @@ from collections import Counter
 from pathlib import Path
 
 from ..rundir import CONFIG_FILE
-
 from .messages import VerifyError, count, say, tail
 from .plan import Plan
 from .runs import Run, child_env, stops
 
 SHOWN_PROBLEMS = 8
+FOREIGN = ("not in the uninterrupted run's pass (a pipeline that augments at random draws other examples in "
+           "another order)")
 
 
 def check(plan: Plan, reference: Run, stopped: Run, total: int) -> bool:
@@ -115,9 +116,10 @@ def differences(reference: list, interrupted: list, same_count: bool) -> list[st
     step; else each shard's passes hold the same records, none doubled)."""
     shape = [_shape(read) for read in reference], [_shape(read) for read in interrupted]
     if shape[0] != shape[1]:
-        step = next((a[0] for a, b in zip(*shape) if a != b), min(len(shape[0]), len(shape[1])))
-        return [f"global step {step + 1}: the shards' passes or micro-batch sizes differ (uninterrupted "
-                f"{_at(shape[0], step)}, interrupted {_at(shape[1], step)})"]
+        first = next((a for a, b in zip(*shape) if a != b), None) or max(shape, key=len)[min(map(len, shape))]
+        step = first[0]
+        return [(f"global step {step + 1}: the shards' passes or micro-batch sizes differ (uninterrupted "
+                 f"{_at(shape[0], step)}, interrupted {_at(shape[1], step)})")]
     if same_count:
         steps = sorted({a[0] for a, b in zip(reference, interrupted) if a[3] != b[3]})
         return [f"global step {step + 1}: other examples than the uninterrupted run's" for step in steps]
@@ -152,11 +154,9 @@ def _pass_differences(reference: dict, interrupted: dict) -> list[str]:
         complete = number < last[shard]
         lost = sum((expected - trained).values()) if complete else 0
         foreign = sum((trained - expected).values()) - doubled if complete else 0
-        if doubled or lost or foreign:
-            found.append(f"logical shard {shard}, pass {number}: " + ", ".join(
-                text for n, text in ((doubled, f"{count(doubled, 'record')} trained twice"),
-                                     (lost, f"{count(lost, 'record')} of the pass not trained"),
-                                     (foreign, f"{count(foreign, 'example')} not in the uninterrupted run's "
-                                               "pass (random augmentation gives other examples in "
-                                               "another order)")) if n))
+        wrong = [text for n, text in ((doubled, f"{count(doubled, 'record')} trained twice"),
+                                      (lost, f"{count(lost, 'record')} of the pass not trained"),
+                                      (foreign, f"{count(foreign, 'example')} {FOREIGN}")) if n]
+        if wrong:
+            found.append(f"logical shard {shard}, pass {number}: " + ", ".join(wrong))
     return found

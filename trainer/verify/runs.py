@@ -124,7 +124,8 @@ class Workers:
                 env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
             out = subprocess.PIPE
             if index:
-                out = open(plan.work_dir / f"{run.name}-{len(run.outputs) + 1}-worker-{index}.log", "w+")
+                out = open(plan.work_dir / f"{run.name}-{len(run.outputs) + 1}-worker-{index}.log",  # noqa: SIM115
+                           "w+")  # (closed by end)
                 self.files.append(out)
             self.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True))
         self.stdout = self.procs[0].stdout
