@@ -32,9 +32,10 @@ class Plan:
 
 def parser(prog: str = "trainer verify") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False, epilog="Exit code 0: bitwise equal (with --resume-workers "
-        "on another count: every record trained as in the uninterrupted run); 1: they differ, or a run failed "
-        "(the likely cause is named); 2: a bad flag, job or setting.", description="Prove that a job resumes exactly: an uninterrupted short run "
+        prog=prog, allow_abbrev=False, epilog="Exit code 0: bitwise equal (with --resume-workers on another "
+        "count: every record trained as in the uninterrupted run); 1: they differ, or a run failed (the likely "
+        "cause is named); 2: a bad flag, job or setting.",
+        description="Prove that a job resumes exactly: an uninterrupted short run "
         "and the same run stopped by real signals at random steps, every variable compared bitwise. Flags "
         "it does not know (the job's settings, --preset, --epochs, --seed, ...) go to train.")
     p.add_argument("--job", default=None, help="the job file or module, as for train (default: the default job)")
@@ -42,10 +43,10 @@ def parser(prog: str = "trainer verify") -> argparse.ArgumentParser:
     p.add_argument("--stops", type=int, default=3, help="signals sent to the interrupted run (default 3)")
     p.add_argument("--stop-seed", type=int, default=None,
                    help="seed of the random stop steps (default: a new one, printed, to repeat a failure)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="train each run on N local worker processes (TF_CONFIG on 127.0.0.1); a stop signals "
                         "every worker. Reports each worker's share of a pipeline read in logical shards (default 1)")
-    p.add_argument("--resume-workers", type=int, default=None,
+    p.add_argument("--resume-workers", type=int, default=None, metavar="M",
                    help="resume the interrupted run on M workers after its first stop (on --workers again after "
                         "a second, and so on), and check that it trains every record exactly as the uninterrupted "
                         "run does: the job's pipeline read as the workers read it, each example fingerprinted")

@@ -33,13 +33,18 @@ def check(plan: Plan, reference: Run, stopped: Run, total: int) -> bool:
     starts = _starts(plan, stopped, total)
     say(f"data check: reading the job's pipeline as the workers of each start read it ({_described(starts)}) "
         "and comparing every example's fingerprint")
-    found = _simulate(plan, reference.run_dir / CONFIG_FILE, {"uninterrupted": [_start(plan.workers, 0, total)], "interrupted": starts})
+    runs = {"uninterrupted": [_start(plan.workers, 0, total)], "interrupted": starts}
+    found = _simulate(plan, reference.run_dir / CONFIG_FILE, runs)
     if "not_sharded" in found:
         raise VerifyError("--resume-workers checks a pipeline read in logical shards of files; this job's "
                           f"training data is read whole by every worker: {found['not_sharded']}")
-    problems = _checkpoint_mismatches(found["interrupted"]["ends"], stopped.states)
     same = all(start["workers"] == plan.workers for start in starts)
-    problems += differences(found["uninterrupted"]["reads"], found["interrupted"]["reads"], same)
+    problems = (_checkpoint_mismatches(found["interrupted"]["ends"], stopped.states)
+                + differences(found["uninterrupted"]["reads"], found["interrupted"]["reads"], same))
+    return _verdict(problems, found["uninterrupted"]["reads"], starts, same, total)
+
+
+def _verdict(problems: list[str], reads: list, starts: list[dict], same: bool, total: int) -> bool:
     resumed = f"{count(len(starts) - 1, 'stop')} resumed on {_counts(starts)} workers"
     if problems:
         say(f"FAILED: the interrupted run ({resumed}) did not train what the uninterrupted run trained:")
@@ -48,7 +53,6 @@ def check(plan: Plan, reference: Run, stopped: Run, total: int) -> bool:
         if len(problems) > SHOWN_PROBLEMS:
             say(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
         return False
-    reads = found["uninterrupted"]["reads"]
     records = sum(len(fingerprints) for *_, fingerprints in reads)
     if same:
         say(f"PASSED: the same {records} examples at every one of {total} steps with {resumed}")

@@ -121,7 +121,8 @@ class Workers:
         for index in range(workers):
             env = child_env()
             if hosts:
-                env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+                env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts},
+                                               "task": {"type": "worker", "index": index}})
             out = subprocess.PIPE
             if index:
                 out = open(plan.work_dir / f"{run.name}-{len(run.outputs) + 1}-worker-{index}.log",  # noqa: SIM115
