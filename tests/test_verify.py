@@ -1,6 +1,7 @@
 """``trainer verify`` on jobs that resume exactly (it passes) and on jobs that do not (it fails and
 names the cause). Every verdict is bitwise: the stops land wherever they land."""
 import json
+import re
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_verify_resumes_a_sharded_pipeline_on_another_worker_count(tmp_path):
     code, out = verify("--job", str(helpers.ROOT / "tests" / "ledger_job.py"), "--source", "files", "--files",
                        str(tmp_path / "files"), "--batch-size", "24", "--ledger", str(tmp_path / "ledger.txt"),
                        "--epochs", "3", "--steps", "30", "--stops", "1", "--stop-seed", "14", "--workers", "2",
-                       "--resume-workers", "3")
+                       "--resume-workers", "3", "--keep", "--work-dir", str(tmp_path / "work"))
     assert code == 0, out
     assert "signals once it reports global steps 4\n" in out and "; resumed on 3 workers\n" in out
     assert ("uninterrupted run (2 workers, global steps 1-30): worker 0: 360 records (shards 0-5 of 12), worker 1: "
@@ -68,6 +69,35 @@ def test_verify_resumes_a_sharded_pipeline_on_another_worker_count(tmp_path):
     assert ("PASSED: every record of each pass of each logical shard trained exactly once after 30 steps with "
             "1 stop resumed on 3 workers") in out
     assert "the weights are not compared bitwise" in out
+    # the data check read what the workers trained: the ledger's ids of every step and worker (both runs
+    # append to it; a 2-worker step has 12 ids a worker, a 3-worker step 8)
+    stop = int(re.search(r"stop 1: SIGTERM at epoch \d+ step \d+/\d+ \(global step (\d+)\)", out)[1])
+    reads = json.loads(next((tmp_path / "work").glob("*/data-check-reads.json")).read_text())
+    simulated = _worker_ids(reads["uninterrupted"]["reads"], lambda step: 2, tmp_path / "files")
+    simulated.update(_worker_ids(reads["interrupted"]["reads"], lambda step: 2 if step < stop else 3,
+                                 tmp_path / "files"))
+    trained = {}
+    for line in (tmp_path / "ledger.txt").read_text().splitlines():
+        step, replica, ids = line.split()
+        trained.setdefault((int(step), 24 // len(ids.split(",")), int(replica)), set()).add(ids)
+    assert trained == {key: {",".join(map(str, ids))} for key, ids in simulated.items()}
+
+
+def _worker_ids(reads, workers_at, files) -> dict:
+    """{(step, workers, worker): ids} of the data check's reads (12 shards, each worker its block)."""
+    import tensorflow as tf
+
+    from tests import ledger_job
+    from trainer.verify.simulate import fingerprints
+    ids = {}
+    for record in tf.data.TFRecordDataset(sorted(str(p) for p in files.glob("*.tfrecord"))):
+        x, y = ledger_job._parse(record)
+        ids[fingerprints((x[None], y[None]))[0]] = int(x[0])
+    found = {}
+    for step, shard, _, prints in reads:
+        workers = workers_at(step)
+        found.setdefault((step, workers, shard // (12 // workers)), []).extend(ids[p] for p in prints)
+    return found
 
 
 def _reads(passes):
@@ -105,11 +135,11 @@ def test_verify_reports_each_workers_share_or_that_every_worker_reads_it_whole(c
              "them (its length is unknown, ...)\n")
     report_shares(_run_with(stop, [[stop + whole, whole], ["", ""]]), 20)
     assert capsys.readouterr().out.splitlines() == [
-        "verify: uninterrupted run (2 workers, global steps 1-20): worker 0: 240 records (shards 0-5 of 12), "
+        ("verify: uninterrupted run (2 workers, global steps 1-20): worker 0: 240 records (shards 0-5 of 12), "
         "worker 1: 200 records (shards 6-11 of 12); uneven: worker 0 +20, worker 1 -20 records from an even share "
-        "(220), more than one batch (11)",
-        "verify: uninterrupted run, start 1 (2 workers, global steps 1-8): the training data is not read in logical "
-        "shards of files: every worker reads all of it; it cannot be split among them (its length is unknown, ...)"]
+        "(220), more than one batch (11)"),
+        ("verify: uninterrupted run, start 1 (2 workers, global steps 1-8): the training data is not read in logical "
+        "shards of files: every worker reads all of it; it cannot be split among them (its length is unknown, ...)")]
 
 
 @pytest.mark.parametrize("args, expected", [
