@@ -136,10 +136,11 @@ def test_verify_reports_each_workers_share_or_that_every_worker_reads_it_whole(c
     report_shares(_run_with(stop, [[stop + whole, whole], ["", ""]]), 20)
     assert capsys.readouterr().out.splitlines() == [
         ("verify: uninterrupted run (2 workers, global steps 1-20): worker 0: 240 records (shards 0-5 of 12), "
-        "worker 1: 200 records (shards 6-11 of 12); uneven: worker 0 +20, worker 1 -20 records from an even share "
-        "(220), more than one batch (11)"),
-        ("verify: uninterrupted run, start 1 (2 workers, global steps 1-8): the training data is not read in logical "
-        "shards of files: every worker reads all of it; it cannot be split among them (its length is unknown, ...)")]
+         "worker 1: 200 records (shards 6-11 of 12); uneven: worker 0 +20, worker 1 -20 records from an even share "
+         "(220), more than one batch (11)"),
+        ("verify: uninterrupted run, start 1 (2 workers, global steps 1-8): the training data is not read in "
+         "logical shards of files: every worker reads all of it; it cannot be split among them (its length is "
+         "unknown, ...)")]
 
 
 @pytest.mark.parametrize("args, expected", [
