@@ -1,6 +1,7 @@
 """``trainer verify`` on jobs that resume exactly (it passes) and on jobs that do not (it fails and
 names the cause). Every verdict is bitwise: the stops land wherever they land."""
 import json
+import re
 
 import pytest
 
@@ -50,10 +51,104 @@ def test_verify_names_a_callback_with_state_and_no_protocol():
     assert "likely cause: a callback keeps state in its attributes without the state protocol" in out
 
 
+def test_verify_resumes_a_sharded_pipeline_on_another_worker_count(tmp_path):
+    # 12 files of 20 records, batches of 24: 12 logical shards of micro-batches of 2, 10 steps per
+    # epoch. The stop is asked for at global step 4; two workers agree on it every 8 steps, so it
+    # lands at step 8 or 16, mid-pass, and the run resumes on 3 workers (4 shards each)
+    from tests import ledger_job
+    ledger_job.write_files(tmp_path / "files", [20] * 12)
+    code, out = verify("--job", str(helpers.ROOT / "tests" / "ledger_job.py"), "--source", "files", "--files",
+                       str(tmp_path / "files"), "--batch-size", "24", "--ledger", str(tmp_path / "ledger.txt"),
+                       "--epochs", "3", "--steps", "30", "--stops", "1", "--stop-seed", "14", "--workers", "2",
+                       "--resume-workers", "3", "--keep", "--work-dir", str(tmp_path / "work"))
+    assert code == 0, out
+    assert "signals once it reports global steps 4\n" in out and "; resumed on 3 workers\n" in out
+    assert ("uninterrupted run (2 workers, global steps 1-30): worker 0: 360 records (shards 0-5 of 12), worker 1: "
+            "360 records (shards 6-11 of 12); each within one batch (12) of an even share (360)") in out
+    assert "worker 2: " in out and " records (shards 8-11 of 12); each within one batch (8) of an even share" in out
+    assert ("PASSED: every record of each pass of each logical shard trained exactly once after 30 steps with "
+            "1 stop resumed on 3 workers") in out
+    assert "the weights are not compared bitwise" in out
+    # the data check read what the workers trained: the ledger's ids of every step and worker (both runs
+    # append to it; a 2-worker step has 12 ids a worker, a 3-worker step 8)
+    stop = int(re.search(r"stop 1: SIGTERM at epoch \d+ step \d+/\d+ \(global step (\d+)\)", out)[1])
+    reads = json.loads(next((tmp_path / "work").glob("*/data-check-reads.json")).read_text())
+    simulated = _worker_ids(reads["uninterrupted"]["reads"], lambda step: 2, tmp_path / "files")
+    simulated.update(_worker_ids(reads["interrupted"]["reads"], lambda step: 2 if step < stop else 3,
+                                 tmp_path / "files"))
+    trained = {}
+    for line in (tmp_path / "ledger.txt").read_text().splitlines():
+        step, replica, ids = line.split()
+        trained.setdefault((int(step), 24 // len(ids.split(",")), int(replica)), set()).add(ids)
+    assert trained == {key: {",".join(map(str, ids))} for key, ids in simulated.items()}
+
+
+def _worker_ids(reads, workers_at, files) -> dict:
+    """{(step, workers, worker): ids} of the data check's reads (12 shards, each worker its block)."""
+    import tensorflow as tf
+
+    from tests import ledger_job
+    from trainer.verify.simulate import fingerprints
+    ids = {}
+    for record in tf.data.TFRecordDataset(sorted(str(p) for p in files.glob("*.tfrecord"))):
+        x, y = ledger_job._parse(record)
+        ids[fingerprints((x[None], y[None]))[0]] = int(x[0])
+    found = {}
+    for step, shard, _, prints in reads:
+        workers = workers_at(step)
+        found.setdefault((step, workers, shard // (12 // workers)), []).extend(ids[p] for p in prints)
+    return found
+
+
+def _reads(passes):
+    """Reads of one shard, two examples a step: ``passes`` lists each pass's fingerprints."""
+    reads, step = [], 0
+    for number, fingerprints in enumerate(passes, 1):
+        for i in range(0, len(fingerprints), 2):
+            reads.append([step, 0, number, fingerprints[i:i + 2]])
+            step += 1
+    return reads
+
+
+def test_the_data_check_finds_a_record_trained_twice_or_lost_in_a_pass():
+    from trainer.verify.records import differences
+    reference = _reads([["a", "b", "c", "d"], ["d", "c", "b", "a"], ["b", "a"]])
+    assert differences(reference, _reads([["a", "b", "c", "d"], ["c", "a", "d", "b"], ["a", "b"]]), False) == []
+    doubled = differences(reference, _reads([["a", "b", "c", "d"], ["d", "c", "d", "a"], ["b", "a"]]), False)
+    assert doubled == ["logical shard 0, pass 2: 1 record trained twice, 1 record of the pass not trained"]
+    assert differences(reference, _reads([["a", "b", "c", "d"], ["d", "c", "b", "a"], ["b", "b"]]), False) == [
+        "logical shard 0, pass 3: 1 record trained twice"]  # (a last pass, maybe partial: doubles only)
+    assert differences(reference, _reads([["a", "b", "c", "d"], ["c", "a", "d", "b"], ["a", "b"]]), True) == [
+        "global step 3: other examples than the uninterrupted run's",
+        "global step 4: other examples than the uninterrupted run's",
+        "global step 5: other examples than the uninterrupted run's"]
+    shifted = differences(reference, _reads([["a", "b", "c", "d", "e", "f"], ["d", "c", "b", "a"]]), False)
+    assert shifted[0].startswith("global step 3: the shards' passes or micro-batch sizes differ"), shifted
+
+
+def test_verify_reports_each_workers_share_or_that_every_worker_reads_it_whole(capsys):
+    from trainer.verify.shares import report_shares
+    share = "[trainer] INFO worker {} read {} records of its share of job j.py: data (shards {}-{} of 12)\n"
+    stop = "[trainer] SIGTERM received: stopped at epoch 1 step 8/8 (global step 8); checkpoint ckpt-1 (0.1s)\n"
+    report_shares(_run_with("", [[share.format(0, 240, 0, 5), share.format(1, 200, 6, 11)]]), 20)
+    whole = ("[trainer] WARNING job j.py: data is read whole by each of the 2 workers: it cannot be split among "
+             "them (its length is unknown, ...)\n")
+    report_shares(_run_with(stop, [[stop + whole, whole], ["", ""]]), 20)
+    assert capsys.readouterr().out.splitlines() == [
+        ("verify: uninterrupted run (2 workers, global steps 1-20): worker 0: 240 records (shards 0-5 of 12), "
+         "worker 1: 200 records (shards 6-11 of 12); uneven: worker 0 +20, worker 1 -20 records from an even share "
+         "(220), more than one batch (11)"),
+        ("verify: uninterrupted run, start 1 (2 workers, global steps 1-8): the training data is not read in "
+         "logical shards of files: every worker reads all of it; it cannot be split among them (its length is "
+         "unknown, ...)")]
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--run-dir", "x"], "--run-dir: verify chooses it itself"),
     (["--steps", "1"], "--steps: must be >= 2"),
     (["--stops", "5", "--steps", "5"], "--stops: 5 stops need more than 5 --steps"),
+    (["--workers", "0"], "--workers: must be >= 1, got 0"),
+    (["--resume-workers", "0"], "--resume-workers: must be >= 1, got 0"),
 ])
 def test_verify_bad_input_exits_2(args, expected):
     code, out = verify(*args)
@@ -77,11 +172,11 @@ def test_max_steps_ends_mid_epoch_and_a_later_start_continues_exactly(tmp_path, 
 
 
 # -- the causes verify reads from the runs' output (unit tests of that seam, no training) --
-def _run_with(output):
+def _run_with(output, workers=()):
     from pathlib import Path
 
     from trainer.verify.runs import Run
-    return Run("uninterrupted", Path("unused"), [output])
+    return Run("uninterrupted", Path("unused"), [output], list(workers))
 
 
 @pytest.mark.parametrize("warning, cause", [

@@ -194,6 +194,9 @@ def _run(s: Session, run: Training) -> Result:
         _loop(s, run).run()
     except Interrupted as exc:
         return _stopped(s, exc.signum, run, exc.checkpoint, exc.sources)
+    finally:
+        if isinstance(run.built.train, StreamingData):
+            run.built.train.log_share()
     result = _finished(s, run, run.saver.last_checkpoint)
     _summary(s, run, result)
     return result

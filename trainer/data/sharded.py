@@ -170,6 +170,7 @@ class ShardedReader:
         local = len(strategy.extended.worker_devices) if strategy is not None and \
             strategy.num_replicas_in_sync > 1 else 1
         self.replicas = Replicas(total=local)
+        self.records = 0  # examples this process read of its shards (see share)
 
     def __iter__(self):
         return self
@@ -179,6 +180,7 @@ class ShardedReader:
         if not self._checked:
             self._check_sizes(parts)
         batch = parts[0] if len(parts) == 1 else tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *parts)
+        self.records += int(tf.nest.flatten(batch)[0].shape[0])
         if self.replicas.total == 1 and (self.strategy is None or self.strategy.num_replicas_in_sync == 1):
             return batch
         return self.strategy.experimental_distribute_values_from_function(
@@ -192,6 +194,12 @@ class ShardedReader:
                                 f"{size}, more than its share of the global batch of {self.layout.batch}; batch it "
                                 "with input_context.get_per_replica_batch_size(global_batch_size)")
         self._checked = True
+
+    def share(self) -> str:
+        """What this process read, in words (``trainer verify`` reads each worker's share from it)."""
+        owned = self.layout.owned()
+        return (f"worker {self.layout.index} read {self.records} records of its share of {self.what} "
+                f"(shards {owned[0]}-{owned[-1]} of {self.layout.shards})")
 
     # -- saving and restoring -------------------------------------------------
     def mine(self) -> bytes:

@@ -93,6 +93,11 @@ class StreamingData:
         return {"iterator": self.state}
 
     @property
+    def reader(self) -> sharded.ShardedReader | None:
+        """This worker's logical shards, once opened (None while reading the global stream)."""
+        return self._reader
+
+    @property
     def restores_shards(self) -> bool:
         """Whether the restored checkpoint has this pipeline in logical shards (see ``sharded``)."""
         return self.state is not None and sharded.is_sharded(self.state.numpy())
@@ -129,6 +134,11 @@ class StreamingData:
             several = self._strategy is not None and self._strategy.num_replicas_in_sync > 1
             self._feed = _Shares(self._iterator, self._strategy) if several else self._iterator
         return self._feed
+
+    def log_share(self) -> None:
+        """At the end of this process's training: the records it read of its logical shards."""
+        if self._reader is not None:
+            log.info("%s", self._reader.share())
 
     def _sharded_reader(self, epoch: int, start_step: int) -> sharded.ShardedReader | None:
         """This worker's logical shards, when the run reads the pipeline so (see ``sharded.open_reader``)."""

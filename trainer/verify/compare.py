@@ -1,4 +1,5 @@
-"""Every variable of two runs' newest committed checkpoints, compared bitwise."""
+"""Every variable of two runs' newest committed checkpoints, compared bitwise; a run's committed
+iterator state (for the data check of ``records``)."""
 from __future__ import annotations
 
 import math
@@ -34,15 +35,26 @@ def _shown_first(diff: tuple[str, float]) -> tuple:
 def _variables(run_dir: Path) -> dict:
     """Every model, optimizer and metric variable of the newest committed checkpoint, by readable name."""
     import tensorflow as tf
-
-    from ..checkpoint.index import DIR, committed
-    folder = run_dir / DIR
-    reader = tf.train.load_checkpoint(str(folder / f"ckpt-{committed(os.listdir(folder))[0]}"))
+    reader = tf.train.load_checkpoint(str(_newest(run_dir)))
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
     return {_readable(k[:-len(suffix)]): reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
             if k.endswith(suffix) and k.split("/", 1)[0] in GROUPS}
 
 
+def _newest(run_dir: Path) -> Path:
+    from ..checkpoint.index import DIR, committed
+    folder = run_dir / DIR
+    return folder / f"ckpt-{committed(os.listdir(folder))[0]}"
+
+
 def _readable(key: str) -> str:
     """Undo the checkpoint's escaping of a variable path ('.S' is '/', '..' is '.')."""
     return re.sub(r"\.(S|\.)", lambda m: "/" if m.group(1) == "S" else ".", key)
+
+
+def iterator_state(run_dir: Path) -> bytes:
+    """The streamed pipeline's iterator state in the newest committed checkpoint (b"" if none)."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(_newest(run_dir)))
+    key = "data/iterator/.ATTRIBUTES/VARIABLE_VALUE"
+    return reader.get_tensor(key) if reader.has_tensor(key) else b""
