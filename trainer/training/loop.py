@@ -20,6 +20,11 @@ or a stop before its deadline: see ``trainer.training.deadline``). Saves due by
 step count and epoch-end saves need no agreement: every process reaches them at
 the same step.
 
+Data of unknown length (a ``tf.data`` pipeline whose ``cardinality()`` is -2)
+trains as ``fit`` trains it: in its first epoch each execution looks for the
+data's end before each step (an empty optional), the epoch ends there, and its
+steps are every later epoch's (``_learn_length``).
+
 One class, a little over the usual module size, on purpose: its phases (epoch,
 execution, boundary, epoch end, evaluation) share the compiled step functions
 and the position, which split modules would have to pass back and forth.
@@ -137,22 +142,17 @@ class Loop:
         return execute
 
     def _to_end_function(self, step_fn):
-        """For data of unknown length: at most ``count`` steps of ``step_fn`` in one call, the first
-        on ``first`` (the feed's next batch, as an optional holding one), ending early where the
-        data ends, as ``fit``'s execution does; (the last step's logs, the steps done)."""
-        one_step, single = self._one_step(step_fn), self.steps_per_execution == 1
+        """For data of unknown length: one step of ``step_fn`` on ``batch`` (the feed's next batch,
+        as an optional holding one); its logs. An execution of such data calls it once per step,
+        looking for the data's end between them (``_steps_to_end``): one call looping over
+        optionals, as ``fit``'s does, would put the step's collectives under a ``tf.cond`` in a
+        ``tf.while_loop``, which MultiWorkerMirroredStrategy refuses."""
+        one_step = self._one_step(step_fn)
 
         @tf.function(reduce_retracing=True)
-        def execute(feed, first, count):
+        def execute(feed, batch):
             place = getattr(feed, "place", _as_is)  # (a feed of replicas' shares places each batch)
-            logs, done = one_step(place(first.get_value())), tf.constant(1)
-            if not single:
-                for _ in tf.range(count - 1):
-                    batch = feed.get_next_as_optional()
-                    if not batch.has_value():
-                        break
-                    logs, done = one_step(place(batch.get_value())), done + 1
-            return logs, done
+            return one_step(place(batch.get_value()))
         return execute
 
     def _iterator(self, source, epoch: int, start_step: int, training: bool):
@@ -231,16 +231,19 @@ class Loop:
         whose next batch ``first`` is); (its logs, what every process does at the boundary after
         it, the steps done)."""
         state, agreement = self.state, self.agreement
-        inputs = (iterator, self._count(count)) if first is None else (iterator, first, self._count(count))
+        # (data of unknown length: the first step on ``first``, and the others one call each)
+        inputs = (iterator, self._count(count)) if first is None else (iterator, first)
         plain, agreeing_fn = (self._train_fn, self._train_agreeing_fn) if first is None else self._train_to_end()
         agreeing = agreement.fused and execution.crossed(state.global_step, state.global_step + count,
                                                          agreement.every)
         if agreeing:  # (decided before the execution: a stop must leave room for it and the next agreement)
             local = self._local(count + agreement.every + self.steps_per_execution - 1, steps)
-            out, agreed = agreeing_fn(*inputs, agreement.local_flags(local))
+            logs, agreed = agreeing_fn(*inputs, agreement.local_flags(local))
         else:
-            out = plain(*inputs)
-        logs, done = (out, count) if first is None else (out[0], int(out[1]))
+            logs = plain(*inputs)
+        done = count
+        if first is not None:
+            logs, done = _steps_to_end(plain, iterator, count - 1, logs)
         state.step_in_epoch += done
         state.global_step += done
         if agreeing:
@@ -428,8 +431,8 @@ class Loop:
             if first is None:
                 step_logs = self._test_fn(iterator, self._count(count))
             else:
-                step_logs, done = self._test_to_end_fn(iterator, first, self._count(count))
-                count = int(done)
+                step_logs, count = _steps_to_end(self._test_to_end_fn, iterator, count - 1,
+                                                 self._test_to_end_fn(iterator, first))
             if self._batch_hooks:
                 cbs.on_test_batch_end(end, step_logs)
             step += count
@@ -458,6 +461,18 @@ def _next_if_any(feed):
     """The next batch as an optional, None at the data's end (data of unknown length)."""
     first = feed.get_next_as_optional()
     return first if bool(first.has_value()) else None
+
+
+def _steps_to_end(step, feed, more: int, logs) -> tuple:
+    """After an execution's first step (``logs``), up to ``more`` steps, one ``step(feed, batch)``
+    each, fewer where the data ends; (the last step's logs, the execution's steps)."""
+    done = 1
+    while done <= more:
+        batch = _next_if_any(feed)
+        if batch is None:
+            break
+        logs, done = step(feed, batch), done + 1
+    return logs, done
 
 
 def _as_is(batch):
