@@ -228,8 +228,10 @@ def test_other_kinds_of_data_resume_by_skipping_and_say_so():  # (or from a plai
     generated = from_job(tf.data.Dataset.from_generator(lambda: iter(range(3)), output_signature=tf.TensorSpec(
         (), tf.int64)).apply(tf.data.experimental.assert_cardinality(3)), "train")
     assert not generated.resumes_iterator and "cannot be checkpointed (PyFunc is stateful)" in generated.warning
-    with pytest.raises(ValueError, match="unknown or infinite length"):
+    with pytest.raises(ValueError, match=r"infinite tf.data.Dataset \(a repeat\(\) without a count\): model.fit needs"):
         from_job(ds.repeat(), "train")
+    unknown = from_job(ds.filter(lambda x, y: True), "train")  # (its first epoch ends where its data does)
+    assert unknown.steps_per_epoch is None and unknown.resumes_iterator and unknown.warning is None
     with pytest.raises(ValueError, match="must be trainer.ArrayData"):
         from_job([1, 2, 3], "train")
 

@@ -168,11 +168,21 @@ def _build(s: Session) -> Built:
     s.timings["imports"] = _process_age_s()
     started = time.monotonic()
     built = build(s.job, s.cfg, s.cluster)
-    log.info("job %s: %s, %d steps per epoch%s; %s", s.job.label, built.model.name, built.train.steps_per_epoch,
-             f", validation {built.validation.steps_per_epoch} steps" if built.validation else "",
-             s.cluster.describe())
+    log.info("job %s: %s, %s; %s", s.job.label, built.model.name, _lengths(built), s.cluster.describe())
     s.timings["job"] = time.monotonic() - started
     return built
+
+
+def _lengths(built: Built) -> str:
+    """"N steps per epoch", or what an unknown length means and the one line that states it; the
+    validation data's."""
+    steps = built.train.steps_per_epoch
+    text = (f"{steps} steps per epoch" if steps else "epochs of unknown length (the first ends where the data "
+            "does; dataset.apply(tf.data.experimental.assert_cardinality(N)) states it beforehand)")
+    if built.validation is not None:
+        val = built.validation.steps_per_epoch
+        text += f", validation {val} steps" if val else ", validation read to its end"
+    return text
 
 
 def _run(s: Session, run: Training) -> Result:
@@ -260,6 +270,8 @@ def _restore(s: Session, run: Training) -> None:
     log.info("start-up: %s", ", ".join(f"{k} {v:.2f}s" for k, v in s.timings.items() if v is not None))
     if manifest:
         run.state = state = TrainerState.from_json(built.state_var.numpy().decode())
+        if state.steps_per_epoch is not None and built.train.steps_per_epoch is None:
+            built.train.learn_length(state.steps_per_epoch)  # (learned when the run's first epoch ended)
         built.callback_states.resume_from(state.callbacks)
         went_back = run.went_back
         details = ({"from_global_step": went_back["from_global_step"], "archive": went_back["archive"]}

@@ -39,16 +39,16 @@ class StreamingData:
     whose reshuffling cannot be placed so (``pipeline_graph.RESHUFFLES``) is
     replayed from the run's start instead, skipping every batch done. Where
     the state cannot be saved at all, the source falls back to skipping within
-    the epoch (``dataset``). ``warning`` names the reason either way.
+    the epoch (``dataset``). ``warning`` names the reason either way. Data of
+    unknown length (``cardinality()`` -2, as a TFRecord pipeline's) has
+    ``steps_per_epoch`` None until its first pass ends, where the first epoch
+    ends, as in ``fit`` (``learn_length``; see ``_passes``).
     """
 
     def __init__(self, dataset: tf.data.Dataset, what: str, per_pipeline=None):
-        steps = int(dataset.cardinality())
-        if steps < 1:
-            raise ValueError(f"{what} is a tf.data.Dataset of unknown or infinite length ({steps}): the "
-                             "trainer cannot tell where an epoch ends; wrap it as trainer.EpochBatches("
-                             "lambda epoch, start_step, seed: ..., steps_per_epoch=N)")
-        self.source, self.what, self.steps_per_epoch = dataset, what, steps
+        self.source, self.what = dataset, what
+        self.steps_per_epoch = epoch_length(dataset, what)  # None: learned when the first pass ends
+        self.unknown_length = self.steps_per_epoch is None
         self.stream, self.verdict = checkpointable(dataset)
         self.state: tf.Variable | None = None  # the checkpointed iterator state (see bind)
         self._iterator = None  # the run's one iterator of global batches
@@ -57,9 +57,15 @@ class StreamingData:
         self._workers = Workers()
         self.per_pipeline = per_pipeline  # the job's function of an InputContext that made ``dataset``
         self._reader: sharded.ShardedReader | None = None  # this worker's logical shards (sharded reading)
+        self._first_pass = False  # the run's iterator reads the first pass alone (unknown length)
 
     def __repr__(self) -> str:
-        return f"StreamingData({self.steps_per_epoch} steps per epoch)"
+        return f"StreamingData({self.steps_per_epoch or 'unknown'} steps per epoch)"
+
+    def learn_length(self, steps: int) -> None:
+        """The epoch's length, once the first pass of data of unknown length has ended (or as the
+        checkpoint's state kept it): every later epoch has as many steps."""
+        self.steps_per_epoch = steps
 
     @property
     def reason(self) -> str | None:
@@ -123,16 +129,17 @@ class StreamingData:
 
     def iterator(self, epoch: int, start_step: int):
         """The one iterator of the run, opened at the first epoch it trains (restored if saved);
-        with several replicas, the feed of their shares of its batches."""
-        if self._feed is None:
+        with several replicas, the feed of their shares of its batches; with logical shards, this
+        worker's reader (see ``sharded``). Data of unknown length: see ``_passes``."""
+        if self._first_pass and epoch > 0:  # (this process read the first pass: its shuffles drew for it)
+            self._use(iter(self.stream.repeat()), epoch)
+        elif self._feed is None:
             self._reader = self._sharded_reader(epoch, start_step)
             if self._reader is not None:
                 self._feed = self._reader
                 return self._feed
             opener = self._replayed if self.verdict.replay else self._open
-            self._iterator = opener(epoch, start_step)
-            several = self._strategy is not None and self._strategy.num_replicas_in_sync > 1
-            self._feed = _Shares(self._iterator, self._strategy) if several else self._iterator
+            self._use(opener(epoch, start_step), epoch)
         return self._feed
 
     def log_share(self) -> None:
@@ -146,20 +153,30 @@ class StreamingData:
                                    self.state.numpy(), fresh=(epoch, start_step) == (0, 0), at=(epoch, start_step),
                                    per_pipeline=self.per_pipeline)
 
+    def _use(self, iterator, epoch: int) -> None:
+        self._iterator, self._first_pass = iterator, self.unknown_length and epoch == 0
+        several = self._strategy is not None and self._strategy.num_replicas_in_sync > 1
+        self._feed = _Shares(self._iterator, self._strategy) if several else self._iterator
+
     def _replayed(self, epoch: int, start_step: int):
         """The run's one iterator from its start, past the batches already trained on: a new
         process draws the same sequence of shuffle seeds as the uninterrupted one did."""
-        done = epoch * self.steps_per_epoch + start_step
+        done = epoch * self.steps_per_epoch + start_step if epoch else start_step
         if done:
             log.info("replaying %d batches of %s from the run's start to resume epoch %d step %d",
                      done, self.what, epoch + 1, start_step)
-        return iter(self.stream.repeat().skip(done))
+        return iter(self._passes(epoch).skip(done))
 
     def _open(self, epoch: int, start_step: int):
         saved = self.state.numpy()
+        if saved and self.unknown_length and (epoch, start_step) == (1, 0):  # the first pass's, ended
+            restore_seed_generators(seed_generator_states(self.verdict.shuffles, 1))
+            log.info("restored the iterator of %s at epoch 2 step 0, after its first pass (nothing skipped)",
+                     self.what)
+            return iter(self.stream.repeat())
         if saved:
             return self._restored(saved, epoch, start_step)
-        fresh = iter(self.stream.repeat())
+        fresh = iter(self._passes(epoch))
         if (epoch, start_step) == (0, 0):
             return self._checked(fresh)
         log.warning("the checkpoint holds no iterator state of %s (written while it could not be saved); "
@@ -172,9 +189,10 @@ class StreamingData:
     def _restored(self, saved: bytes, epoch: int, start_step: int):
         """The saved iterator, its shuffles' seed generators where the uninterrupted run had them
         (see ``pipeline_graph``): at the pass the iterator is in, the last one begun."""
-        done = epoch * self.steps_per_epoch + start_step
-        generators = seed_generator_states(self.verdict.shuffles, -(-done // self.steps_per_epoch))
-        iterator = iter(self.stream.repeat())
+        steps = self.steps_per_epoch
+        passes = -(-(epoch * steps + start_step) // steps) if steps else 1  # (unknown: in the first)
+        generators = seed_generator_states(self.verdict.shuffles, passes)
+        iterator = iter(self._passes(epoch))
         try:
             iterator._restore_from_tensors({_STATE: tf.io.parse_tensor(saved, tf.variant)})
         except (tf.errors.OpError, ValueError) as exc:
@@ -184,6 +202,16 @@ class StreamingData:
         restore_seed_generators(generators)
         log.info("restored the iterator of %s at epoch %d step %d (nothing skipped)", self.what, epoch + 1, start_step)
         return iterator
+
+    def _passes(self, epoch: int) -> tf.data.Dataset:
+        """What the run's iterator reads from ``epoch`` on: every pass (``repeat``), except in the
+        first epoch of data of unknown length, where it reads the first pass alone, so that the
+        loop finds the epoch's end where the iterator ends. The epoch after opens the iterator
+        over every pass, whose shuffles draw the next seeds, as fit's next iteration would. A
+        state saved in the first epoch is the first pass's; one saved at the second epoch's start
+        too (the repeated iterator opens with that epoch's first step), with nothing left to
+        restore: ``_open`` places the seed generators after one pass and opens the repeated one."""
+        return self.stream if self.unknown_length and epoch == 0 else self.stream.repeat()
 
     def _checked(self, iterator):
         """``iterator``, after making sure its state can be saved (an op without support for
@@ -206,6 +234,19 @@ class StreamingData:
 _STATE = "_STATE"  # the key of a tf.data iterator's serialized state
 
 
+def epoch_length(dataset: tf.data.Dataset, what: str) -> int | None:
+    """The dataset's batches per pass, or None where TensorFlow cannot tell (a TFRecord pipeline,
+    a filter): the first epoch then ends where the data ends, as in ``model.fit``."""
+    steps = int(dataset.cardinality())
+    if steps == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(f"{what} is an infinite tf.data.Dataset (a repeat() without a count): model.fit needs "
+                         "steps_per_epoch for it, and here an epoch is one pass over the data; drop the repeat() "
+                         "(the trainer iterates the dataset once per epoch)")
+    if steps == 0:
+        raise ValueError(f"{what} is a tf.data.Dataset without a batch")
+    return None if steps == tf.data.UNKNOWN_CARDINALITY else steps
+
+
 class _Shares:
     """Global batches from one iterator, each replica fed its share (the split of
     ``split_for_replicas``): read by the loop's compiled step like a distributed iterator,
@@ -220,6 +261,13 @@ class _Shares:
         return self
 
     def __next__(self):
-        batch = next(self.iterator)
+        return self.place(next(self.iterator))
+
+    def get_next_as_optional(self):
+        """The next global batch, empty at the data's end (where the loop looks for it)."""
+        return self.iterator.get_next_as_optional()
+
+    def place(self, batch):
+        """Each replica's share of a global ``batch``."""
         return self.strategy.experimental_distribute_values_from_function(
             lambda context: share(batch, self.replicas, context.replica_id_in_sync_group))

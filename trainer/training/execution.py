@@ -16,10 +16,12 @@ can be tested alone.
 from __future__ import annotations
 
 
-def length(step_in_epoch: int, steps_per_epoch: int, n: int) -> int:
+def length(step_in_epoch: int, steps_per_epoch: int | None, n: int) -> int:
     """Steps of the execution that starts at ``step_in_epoch``: up to the next multiple of ``n``
-    counted from the epoch's start, never past the epoch's end."""
-    return min(n - step_in_epoch % n, steps_per_epoch - step_in_epoch)
+    counted from the epoch's start, never past the epoch's end (None: not known yet; the
+    execution then ends early if the data does)."""
+    aligned = n - step_in_epoch % n
+    return aligned if steps_per_epoch is None else min(aligned, steps_per_epoch - step_in_epoch)
 
 
 def batch_numbers(step_in_epoch: int, n: int) -> tuple[int, int]:

@@ -10,8 +10,14 @@ def new_history() -> dict:
     return {"epochs": [], "events": []}
 
 
-def add_event(history: dict, kind: str, *, epoch: int, step_in_epoch: int, steps_per_epoch: int,
+def fractional_epoch(epoch: int, step_in_epoch: int, steps_per_epoch: int | None) -> float:
+    """Where the run is in epochs; in a first epoch of unknown length, its start (the fraction
+    done is not known yet)."""
+    return epoch + step_in_epoch / steps_per_epoch if steps_per_epoch else float(epoch)
+
+
+def add_event(history: dict, kind: str, *, epoch: int, step_in_epoch: int, steps_per_epoch: int | None,
               global_step: int, **details) -> None:
     """``kind`` is "resume", "rollback" or "lr_change"; the position is in fractional epochs."""
-    history["events"].append({"kind": kind, "position": epoch + step_in_epoch / steps_per_epoch,
+    history["events"].append({"kind": kind, "position": fractional_epoch(epoch, step_in_epoch, steps_per_epoch),
                               "global_step": global_step, **details})

@@ -20,12 +20,18 @@ or a stop before its deadline: see ``trainer.training.deadline``). Saves due by
 step count and epoch-end saves need no agreement: every process reaches them at
 the same step.
 
+Data of unknown length (a ``tf.data`` pipeline whose ``cardinality()`` is -2)
+trains as ``fit`` trains it: in its first epoch each execution looks for the
+data's end before each step (an empty optional), the epoch ends there, and its
+steps are every later epoch's (``_learn_length``).
+
 One class, a little over the usual module size, on purpose: its phases (epoch,
 execution, boundary, epoch end, evaluation) share the compiled step functions
 and the position, which split modules would have to pass back and forth.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,13 +41,14 @@ import numpy as np
 import tensorflow as tf
 
 from ..cluster.distribute import Agreement, Decisions
-from ..data.sources import SINGLE, Replicas
+from ..data.sources import SINGLE, DataError, Replicas
 from ..steering.requests import LrRequests
 from ..steering.signals import StopRequest
 from . import execution
 from .callback_state import CallbackStates
 from .deadline import Deadlines
 from .history import HistoryWriter
+from .history_format import fractional_epoch
 from .lr_change import Steering
 from .progress import Progress
 from .saver import Saver
@@ -88,9 +95,10 @@ class Loop:
     def __post_init__(self):
         self.strategy = self.strategy or self.model.distribute_strategy
         self.steps_per_execution = self.model.steps_per_execution  # (checked when the job was loaded)
-        self._train_fn, self._train_agreeing_fn = self._make_train_functions()
-        self._train_step = self._step_function(self.model.train_step)  # (for a feed read step by step)
-        self._test_fn = None
+        self._train_fn, self._train_agreeing_fn = self._with_agreement(self._execution_function(self.model.train_step))
+        self._train_step = self._one_step(self.model.train_step)  # (for a feed read step by step)
+        self._train_to_end_fns = None  # (made for data of unknown length, in its first epoch)
+        self._test_fn = self._test_to_end_fn = None
         self._counts: dict[int, tf.Tensor] = {}
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
         self.deadlines = self.deadlines or Deadlines(self.stop)
@@ -98,24 +106,20 @@ class Loop:
         self._turn_began: float | None = None  # when the last epoch's end began
 
     # -- tf.functions -----------------------------------------------------
-    def _make_train_functions(self):
-        """An execution, and (several workers) an execution that also sums the agreement vector."""
-        strategy, model, agreement = self.strategy, self.model, self.agreement
-        train = self._execution_function(model.train_step)
+    def _with_agreement(self, execute):
+        """An execution, and (several workers) one that also sums the agreement vector (its last
+        argument)."""
+        strategy, agreement = self.strategy, self.agreement
         if not agreement.fused:
-            return train, None
+            return execute, None
 
         @tf.function(reduce_retracing=True)
-        def train_agreeing(iterator, count, flags):
-            logs = train(iterator, count)
-            return logs, agreement.reduce_in_step(strategy, flags)
-        return train, train_agreeing
+        def agreeing(*args):
+            *inputs, flags = args
+            return execute(*inputs), agreement.reduce_in_step(strategy, flags)
+        return execute, agreeing
 
-    def _make_test_function(self):
-        return self._execution_function(self.model.test_step)
-
-    def _step_function(self, step_fn):
-        """One step of ``step_fn`` on a batch; its logs."""
+    def _one_step(self, step_fn):
         strategy, model = self.strategy, self.model
 
         def one_step(data):
@@ -127,8 +131,7 @@ class Loop:
     def _execution_function(self, step_fn):
         """``count`` steps of ``step_fn`` in one call (a tensor, so a shorter execution does not
         retrace); the last step's logs. With one step per execution the graph has no loop."""
-        single = self.steps_per_execution == 1
-        one_step = self._step_function(step_fn)
+        one_step, single = self._one_step(step_fn), self.steps_per_execution == 1
 
         @tf.function(reduce_retracing=True)
         def execute(iterator, count):
@@ -137,6 +140,20 @@ class Loop:
                 for _ in tf.range(count - 1):
                     logs = one_step(next(iterator))
             return logs
+        return execute
+
+    def _to_end_function(self, step_fn):
+        """For data of unknown length: one step of ``step_fn`` on ``batch`` (the feed's next batch,
+        as an optional holding one); its logs. An execution of such data calls it once per step,
+        looking for the data's end between them (``_steps_to_end``): one call looping over
+        optionals, as ``fit``'s does, would put the step's collectives under a ``tf.cond`` in a
+        ``tf.while_loop``, which MultiWorkerMirroredStrategy refuses."""
+        one_step = self._one_step(step_fn)
+
+        @tf.function(reduce_retracing=True)
+        def execute(feed, batch):
+            place = getattr(feed, "place", _as_is)  # (a feed of replicas' shares places each batch)
+            return one_step(place(batch.get_value()))
         return execute
 
     def _iterator(self, source, epoch: int, start_step: int, training: bool):
@@ -163,7 +180,7 @@ class Loop:
     def _epoch(self) -> dict:
         state, model, cbs = self.state, self.model, self.callbacks
         epoch, start = state.epoch, state.step_in_epoch
-        steps = self.train.steps_per_epoch
+        steps = self.train.steps_per_epoch  # None: data of unknown length, in its first epoch
         if start == 0:
             model.reset_metrics()  # mid-epoch, the restored running totals continue
             self._apply_scheduled(epoch)
@@ -172,21 +189,27 @@ class Loop:
             cbs.on_epoch_begin(epoch)
         self.progress.epoch_begin(epoch)
         # (a stop after an epoch's last step resumes with no step left: straight to the epoch's end)
-        iterator = self._iterator(self.train, epoch, start, training=True) if start < steps else None
+        iterator = self._iterator(self.train, epoch, start, training=True) if _before_end(start, steps) else None
         if self._turn_began is not None:  # (from the last epoch's end to this epoch's first step)
             self.deadlines.measure_epoch_turn(time.monotonic() - self._turn_began)
             self._turn_began = None
         logs = None  # the last execution's logs, as train_step returned them
         n = self.steps_per_execution
-        while state.step_in_epoch < steps:
+        while _before_end(state.step_in_epoch, steps):
             count = execution.length(state.step_in_epoch, steps, n)
             if self.max_steps is not None:  # (--max-steps ends the run inside an execution)
                 count = min(count, self.max_steps - state.global_step)
+            first = _next_if_any(iterator) if steps is None else None
+            if steps is None and first is None:  # the data ended with the last execution
+                steps = self._learn_length()
+                break
             begin, end = execution.batch_numbers(state.step_in_epoch, n)
             if self._batch_hooks:
                 cbs.on_train_batch_begin(begin)
             started = time.monotonic()
-            logs, decided = self._execute(iterator, count, steps)
+            logs, decided, done = self._execute(iterator, count, steps, first)
+            if done < count:  # (an execution ends early only where the data ends)
+                steps, count = self._learn_length(), done
             self._measure(time.monotonic() - started, count)
             if self._batch_hooks:
                 cbs.on_train_batch_end(end, logs)
@@ -194,7 +217,9 @@ class Loop:
             self._boundary(decided, steps, count, logs)
             if model.stop_training or self._at_step_limit():
                 break
-        if self._at_step_limit() and state.step_in_epoch < steps and not model.stop_training:
+        if state.step_in_epoch == steps and not model.stop_training:
+            self._fits_call_at_the_end(epoch)
+        if self._at_step_limit() and _before_end(state.step_in_epoch, steps) and not model.stop_training:
             self.saver.save("step limit")  # mid-epoch: the run ends here, the epoch stays open
             return {}
         return self._end_epoch(epoch, logs)
@@ -202,11 +227,14 @@ class Loop:
     def _at_step_limit(self) -> bool:
         return self.max_steps is not None and self.state.global_step >= self.max_steps
 
-    def _execute(self, iterator, count: int, steps: int):
-        """One execution of ``count`` steps; (its logs, what every process does at the boundary
-        after it)."""
+    def _execute(self, iterator, count: int, steps: int | None, first=None):
+        """One execution of ``count`` steps (fewer if the data ends in it: data of unknown length,
+        whose next batch ``first`` is); (its logs, what every process does at the boundary after
+        it, the steps done)."""
         state, agreement = self.state, self.agreement
-        count_t = self._count(count)
+        # (data of unknown length: the first step on ``first``, and the others one call each)
+        inputs = (iterator, self._count(count)) if first is None else (iterator, first)
+        plain, agreeing_fn = (self._train_fn, self._train_agreeing_fn) if first is None else self._train_to_end()
         agreeing = agreement.fused and execution.crossed(state.global_step, state.global_step + count,
                                                          agreement.every)
         if agreeing:  # (decided before the execution: a stop must leave room for it and the next agreement)
@@ -216,17 +244,55 @@ class Loop:
                 logs = self._train_step(next(iterator))
             agreed = agreement.now_flags(agreement.local_flags(local)) if agreeing else None
         elif agreeing:
-            logs, agreed = self._train_agreeing_fn(iterator, count_t, agreement.local_flags(local))
+            logs, agreed = agreeing_fn(*inputs, agreement.local_flags(local))
         else:
-            logs = self._train_fn(iterator, count_t)
-        state.step_in_epoch += count
-        state.global_step += count
+            logs = plain(*inputs)
+        done = count
+        if first is not None:
+            logs, done = _steps_to_end(plain, iterator, count - 1, logs)
+        state.step_in_epoch += done
+        state.global_step += done
         if agreeing:
             decided = agreement.decide(local, agreed)
             self.deadlines.measure_save(decided.save_seconds)
-            return logs, decided
+            return logs, decided, done
         # one process decides alone at every boundary; several decide nothing between agreements
-        return logs, Decisions() if agreement.fused else self._local(self.steps_per_execution, steps)
+        return logs, Decisions() if agreement.fused else self._local(self.steps_per_execution, steps), done
+
+    def _train_to_end(self):
+        if self._train_to_end_fns is None:
+            self._train_to_end_fns = self._with_agreement(self._to_end_function(self.model.train_step))
+        return self._train_to_end_fns
+
+    def _fits_call_at_the_end(self, epoch: int) -> None:
+        """The call ``fit`` makes, with one step per execution, at the end of every epoch of data of
+        unknown length: one more execution, on no batch, which fails at its ``next()`` (``fit``
+        stops the epoch there) but not before the step's updates that need no batch have run:
+        the optimizer's ``iterations`` and the dropout seeds advance once more, and with them
+        the weights of every later step (an Adam bias correction). Made on an empty iterator
+        of the data, in every process at the same place (after the epoch's last step, before its
+        end), as ``fit`` makes it; with several replicas, whose updates could leave a
+        collective half-launched, it is not made."""
+        if not (getattr(self.train, "unknown_length", False) and self.steps_per_execution == 1
+                and self.strategy.num_replicas_in_sync == 1):
+            return
+        def no_batches(context):
+            return self.train.dataset(self.seed, epoch, 0, self.replicas).take(0)
+        with contextlib.suppress(tf.errors.OutOfRangeError):  # (it always fails: there is no batch)
+            self._train_fn(iter(self.strategy.distribute_datasets_from_function(no_batches)), self._count(1))
+
+    def _learn_length(self) -> int:
+        """The first pass of data of unknown length has ended: its steps are every epoch's, kept in
+        the checkpoint's state (a resumed run reads them there) and shown from now on."""
+        steps = self.state.step_in_epoch
+        if not steps:
+            raise DataError("the training data (a tf.data.Dataset of unknown length) yielded no batch")
+        self.train.learn_length(steps)
+        self.state.steps_per_epoch = self.progress.steps_per_epoch = steps
+        if self.steering is not None:
+            self.steering.steps = steps
+        log.info("the training data ended after %d steps: every epoch has as many", steps)
+        return steps
 
     def _measure(self, seconds: float, count: int) -> None:
         """A step's time, for stops before a deadline (not the first execution's: it traces)."""
@@ -240,32 +306,34 @@ class Loop:
             self._counts[count] = tf.constant(count, tf.int32)
         return self._counts[count]
 
-    def _local(self, steps_ahead: int, steps: int) -> Decisions:
+    def _local(self, steps_ahead: int, steps: int | None) -> Decisions:
         """What this process would decide alone at this boundary, were the next decision
         ``steps_ahead`` steps away."""
         req = self.requests.immediate() if self.requests else None
         state = self.state
-        turn = state.step_in_epoch == 0 or state.step_in_epoch + steps_ahead >= steps  # (at or before an epoch's end)
+        # (at or before an epoch's end; in a first epoch of unknown length no epoch's turn was measured yet)
+        turn = state.step_in_epoch == 0 or not _before_end(state.step_in_epoch + steps_ahead, steps)
         extra = self.deadlines.epoch_turn_seconds if turn else 0.0
-        notices = self.deadlines.local({"position": state.epoch + state.step_in_epoch / steps,
+        notices = self.deadlines.local({"position": fractional_epoch(state.epoch, state.step_in_epoch, steps),
                                         "global_step": state.global_step}, steps_ahead, extra)
         return Decisions(stop=notices.stop, save=self.saver.time_due(), lr=req.value if req else None,
                          requests=[req] if req else [], notice_save=notices.save, sources=notices.sources,
                          save_seconds=self.deadlines.save_seconds)
 
-    def _boundary(self, decided: Decisions, steps: int, count: int, logs) -> None:
+    def _boundary(self, decided: Decisions, steps: int | None, count: int, logs) -> None:
         state = self.state
         if decided.lr is not None:
             self.steering.apply(decided.lr, decided.requests, self.requests, "live")
         if decided.stop:
-            if state.step_in_epoch == steps:  # the resumed run starts at this epoch's end, without a step
+            # the resumed run starts at this epoch's end, without a step (unknown length: it may)
+            if steps is None or state.step_in_epoch == steps:
                 state.last_step_logs = _pythonify(logs)
             self._record_notices()
             number = self.saver.save("notice" if decided.sources else "signal")
             raise Interrupted(decided.stop, number, decided.sources)
         if decided.notice_save:
             self._notice_save()
-        elif (self.saver.steps_due(count) or decided.save) and state.step_in_epoch < steps:
+        elif (self.saver.steps_due(count) or decided.save) and _before_end(state.step_in_epoch, steps):
             self.saver.save("periodic")
 
     def _notice_save(self) -> None:
@@ -305,7 +373,7 @@ class Loop:
         if self.validation is not None and _should_validate(epoch, self.validation_freq):
             logs.update({f"val_{k}": v for k, v in self._evaluate().items()})
         stopped_early = model.stop_training
-        if stopped_early and state.step_in_epoch < self.train.steps_per_epoch:
+        if stopped_early and _before_end(state.step_in_epoch, self.train.steps_per_epoch):
             log.warning("a callback stopped training in the middle of epoch %d; the run ends here", epoch + 1)
         self._turn_began = time.monotonic()
         lr, seconds = self.saver.current_lr(), round(self.saver.epoch_seconds(), 3)
@@ -349,19 +417,28 @@ class Loop:
 
     def _evaluate(self) -> dict:
         model, cbs = self.model, self.callbacks
+        steps, n, step, step_logs = self.validation.steps_per_epoch, self.steps_per_execution, 0, None
         if self._test_fn is None:
-            self._test_fn = self._make_test_function()
+            self._test_fn = self._execution_function(model.test_step)
+        if steps is None and self._test_to_end_fn is None:  # (validation data of unknown length: to its end)
+            self._test_to_end_fn = self._to_end_function(model.test_step)
         model.reset_metrics()
         if cbs:
             cbs.on_test_begin()
         iterator = self._iterator(self.validation, 0, 0, training=False)
-        steps, n, step, step_logs = self.validation.steps_per_epoch, self.steps_per_execution, 0, None
-        while step < steps:
+        while _before_end(step, steps):
             count = execution.length(step, steps, n)
+            first = _next_if_any(iterator) if steps is None else None
+            if steps is None and first is None:
+                break
             begin, end = execution.batch_numbers(step, n)
             if self._batch_hooks:
                 cbs.on_test_batch_begin(begin)
-            step_logs = self._test_fn(iterator, self._count(count))
+            if first is None:
+                step_logs = self._test_fn(iterator, self._count(count))
+            else:
+                step_logs, count = _steps_to_end(self._test_to_end_fn, iterator, count - 1,
+                                                 self._test_to_end_fn(iterator, first))
             if self._batch_hooks:
                 cbs.on_test_batch_end(end, step_logs)
             step += count
@@ -379,6 +456,33 @@ def metrics_or_step_logs(model: keras.Model, step_logs: dict | None) -> dict:
     if step_logs is None or set(step_logs) == set(metrics):
         return metrics
     return dict(step_logs)
+
+
+def _before_end(step_in_epoch: int, steps: int | None) -> bool:
+    """Whether an epoch of ``steps`` steps (None: unknown yet) has steps after ``step_in_epoch``."""
+    return steps is None or step_in_epoch < steps
+
+
+def _next_if_any(feed):
+    """The next batch as an optional, None at the data's end (data of unknown length)."""
+    first = feed.get_next_as_optional()
+    return first if bool(first.has_value()) else None
+
+
+def _steps_to_end(step, feed, more: int, logs) -> tuple:
+    """After an execution's first step (``logs``), up to ``more`` steps, one ``step(feed, batch)``
+    each, fewer where the data ends; (the last step's logs, the execution's steps)."""
+    done = 1
+    while done <= more:
+        batch = _next_if_any(feed)
+        if batch is None:
+            break
+        logs, done = step(feed, batch), done + 1
+    return logs, done
+
+
+def _as_is(batch):
+    return batch
 
 
 def _should_validate(epoch: int, validation_freq) -> bool:

@@ -58,11 +58,11 @@ def is_terminal(stream) -> bool:
 
 
 class Progress:
-    def __init__(self, state: TrainerState, steps_per_epoch: int, epochs: int, quiet: bool,
+    def __init__(self, state: TrainerState, steps_per_epoch: int | None, epochs: int, quiet: bool,
                  log_every_steps: int | None = None, stream=None, machine: bool = False,
                  events: Events = NO_EVENTS):
         self.state = state
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch  # None: unknown until the first epoch ends (the loop sets it)
         self.epochs = epochs
         self.quiet = quiet
         self.log_every_steps = log_every_steps
@@ -72,6 +72,7 @@ class Progress:
         self._terminal = is_terminal(self.stream)
         self._bar = None
         self._drawn = 0.0
+        self._reached = 0  # the epoch's steps done so far (the bar's end when the length stays unknown)
 
     def epoch_begin(self, epoch: int) -> None:
         if self.quiet:
@@ -81,6 +82,7 @@ class Progress:
         if self.machine and not self._terminal:  # a log file gets the EPOCH (and STEP) lines, not a bar
             return
         # fit(verbose=1) in a terminal; fit(verbose=2) elsewhere: one line at the epoch's end
+        self._reached = self.state.step_in_epoch
         self._bar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if self._terminal else 2)
         if self.state.step_in_epoch:
             self._bar.update(self.state.step_in_epoch, finalize=False)
@@ -90,6 +92,7 @@ class Progress:
         """After an execution of ``steps_done`` steps: a step record if it passed a multiple of
         ``--log-every-steps`` (with its last step's logs); the bar, if due."""
         state = self.state
+        self._reached = state.step_in_epoch
         if crossed(state.global_step - steps_done, state.global_step, self.log_every_steps):
             values = floats(logs)
             record = {"epoch": state.epoch + 1, "step": state.step_in_epoch, "steps": self.steps_per_epoch,
@@ -98,8 +101,8 @@ class Progress:
             if self.machine:
                 self._line("STEP " + json.dumps(record))
             elif not (self.quiet or self._terminal):
-                width = len(str(self.steps_per_epoch))
-                self._line(f"{state.step_in_epoch:>{width}}/{self.steps_per_epoch} - {format_logs(values)}")
+                steps = self.steps_per_epoch or "Unknown"  # (Keras's bar says so too)
+                self._line(f"{state.step_in_epoch:>{len(str(steps))}}/{steps} - {format_logs(values)}")
         if self._bar is not None and self._terminal and time.monotonic() - self._drawn >= REDRAW_S:
             self._bar.update(state.step_in_epoch, list(floats(logs).items()), finalize=False)
             self._drawn = time.monotonic()
@@ -109,7 +112,9 @@ class Progress:
         record = {"epoch": epoch + 1, "epochs": self.epochs, "global_step": self.state.global_step}
         record.update({k: round(v, 6) for k, v in values.items()})
         if self._bar is not None:
-            self._bar.update(self.steps_per_epoch, list(values.items()), finalize=True)
+            # (a length unknown when the bar began is known now, unless a callback stopped the epoch)
+            self._bar.target = self.steps_per_epoch or self._reached
+            self._bar.update(self._bar.target, list(values.items()), finalize=True)
             self._bar = None
         self.events.write("epoch", **record)
         if self.machine:

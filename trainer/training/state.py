@@ -24,6 +24,7 @@ class TrainerState:
     stopped_early: bool = False  # a callback (e.g. EarlyStopping) ended the run
     callbacks: dict = field(default_factory=dict)  # each callback's state (trainer.training.callback_state)
     last_step_logs: dict | None = None  # a stop right after an epoch's last step: that step's logs
+    steps_per_epoch: int | None = None  # data of unknown length: its epoch's steps, once the first ended
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -32,6 +33,6 @@ class TrainerState:
     def from_json(cls, text: str) -> TrainerState:
         return cls(**json.loads(text))
 
-    def position(self, steps_per_epoch: int) -> str:
-        return (f"epoch {self.epoch + 1} step {self.step_in_epoch}/{steps_per_epoch} "
+    def position(self, steps_per_epoch: int | None) -> str:
+        return (f"epoch {self.epoch + 1} step {self.step_in_epoch}/{steps_per_epoch or 'unknown'} "
                 f"(global step {self.global_step})")

@@ -20,7 +20,7 @@ from .compare import iterator_state
 from .messages import VerifyError, count, say, tail
 from .plan import Plan
 
-STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+) \(global step (\d+)\); checkpoint ckpt-(\d+)")
+STOP_LINE = re.compile(r"stopped at epoch (\d+) step (\d+)/(\d+|unknown) \(global step (\d+)\); checkpoint ckpt-(\d+)")
 STEPS_PER_EPOCH = re.compile(r", (\d+) steps per epoch")
 NEW_RUN = re.compile(r"starting a new run in .* \((\d+) epochs\)")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -206,8 +206,8 @@ def _read_total(proc: Workers, steps: int) -> tuple[list[str], int]:
         found = STEPS_PER_EPOCH.search(line)
         per_epoch = int(found.group(1)) if found else per_epoch
         epochs = NEW_RUN.search(line)
-        if epochs and per_epoch:
-            return seen, min(steps, per_epoch * int(epochs.group(1)))
+        if epochs:  # (data of unknown length: at most ``steps``)
+            return seen, min(steps, per_epoch * int(epochs.group(1))) if per_epoch else steps
     return seen, steps  # it ended first: _finish reports why
 
 
@@ -238,7 +238,7 @@ def child_env() -> dict:
 
 def stops(run: Run) -> list[tuple[int, ...]]:
     """Every stop of ``run`` so far: (epoch, step, steps per epoch, global step, checkpoint number)."""
-    return [tuple(int(g) for g in m.groups()) for m in STOP_LINE.finditer(run.output)]
+    return [_numbers(m.groups()) for m in STOP_LINE.finditer(run.output)]
 
 
 def _last_stop(run: Run) -> tuple[int, ...]:
@@ -246,7 +246,12 @@ def _last_stop(run: Run) -> tuple[int, ...]:
     if not found:
         raise VerifyError(f"the {run.name} run exited as if stopped, without its stop line:\n"
                           + tail(run.outputs[-1]))
-    return tuple(int(g) for g in found[-1])
+    return _numbers(found[-1])
+
+
+def _numbers(groups) -> tuple:
+    """A stop line's numbers (steps per epoch "unknown" in a first epoch of unknown length)."""
+    return tuple(int(g) if g.isdigit() else g for g in groups)
 
 
 def position(run: Run) -> dict:
