@@ -1,7 +1,7 @@
 """Logical shards of a streamed pipeline, in one process and without training: a reader saved
 after any step and restored by a new source (as a new process builds it) yields the
 uninterrupted reader's micro-batches; a state saved by two workers and restored by one or
-four gives every record of a pass exactly once; and the choices and refusals around it.
+four gives every record of a pass exactly once; and the choices and refusals around it (a partial state: tests/test_sharded.py).
 The multi-worker runs are in tests/test_sharded.py."""
 from __future__ import annotations
 
@@ -81,13 +81,6 @@ def test_a_state_saved_by_two_workers_resumes_on_one_or_four_exactly_once(files)
             feed = source.iterator(0, 5)
             rest += [i for _ in range(STEPS - 5) for i in _ids(next(feed))]
         assert sorted(seen + rest) == list(range(sum(SIZES))), workers
-
-
-def test_a_commit_never_holds_part_of_the_shards():
-    """The chief refuses to write the shards' states when a worker's are missing."""
-    blob = sharded._pack([b'{"0": [1, 2], "1": [1, 2]}', b"a", b"b"])
-    with pytest.raises(RuntimeError, match="expected 0..3"):
-        sharded.combine([blob], shard_plan.Layout(4, 16, 2))
 
 
 def test_shard_counts_chosen_and_refused():

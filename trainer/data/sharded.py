@@ -197,9 +197,8 @@ class ShardedReader:
 
     def share(self) -> str:
         """What this process read, in words (``trainer verify`` reads each worker's share from it)."""
-        owned = self.layout.owned()
         return (f"worker {self.layout.index} read {self.records} records of its share of {self.what} "
-                f"(shards {owned[0]}-{owned[-1]} of {self.layout.shards})")
+                f"(shards {_span(self.layout.owned())} of {self.layout.shards})")
 
     # -- saving and restoring -------------------------------------------------
     def mine(self) -> bytes:
@@ -277,7 +276,7 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
 
 
 def _span(shards: range) -> str:
-    return f"{shards[0]}-{shards[-1]}" if len(shards) > 1 else str(shards[0])
+    return f"{shards[0]}-{shards[-1]}"
 
 
 def combine(blobs: list[bytes], layout: Layout) -> bytes:
