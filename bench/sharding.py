@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -154,6 +155,7 @@ def run_workers(n: int, args_of, timeout: float) -> list[dict]:
     for out, log in zip(outs, logs):
         with open(out) as fh:
             results.append({**json.load(fh), "log": log})
+        os.remove(out)
     return results
 
 
@@ -311,8 +313,15 @@ def run(args) -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"--modes: unknown {sorted(unknown)}; expected some of {', '.join(MODES)}")
-    from bench import sharding_job
     tmp = tempfile.mkdtemp(prefix="bench-sharding-")
+    try:
+        measure(args, workers, modes, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # (the files and every run's checkpoints)
+
+
+def measure(args, workers: list[int], modes: list[str], tmp: str) -> None:
+    from bench import sharding_job
     files = os.path.join(tmp, "files")
     records = sharding_job.write_files(files, args.files, args.records_per_file, args.image_size)
     batch = sharding_job.Settings.batch_size
