@@ -16,6 +16,7 @@ out=bench/results/RESULTS.md
     echo; echo "## Multi-worker"; python3 -m bench.multiworker
     echo; echo "## Several devices in one process"; python3 -m bench.devices
     echo; echo "## Streaming data: iterator restore vs skipping"; python3 -m bench.streaming
+    echo; echo "## Sharded reading vs global reading vs TensorFlow's FILE sharding"; python3 -m bench.sharding
     echo; echo "## Quality (three-phase schedule), the tutorial's recipe"; python3 -m bench.quality
     echo; echo "## Quality, the recipe before 0.2 (momentum 0.9)"; python3 -m bench.quality --old-recipe --out bench/results/quality-old.json
 } 2> bench/results/stderr.log | tee "$out"
