@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import tensorflow as tf
@@ -55,6 +56,7 @@ MAGIC = b"trainer-shards/1\n"  # how a checkpoint's iterator state says it holds
 
 _PASS_THROUGH = ("_OptionsDataset", "_AssertCardinalityDataset", "_PrefetchDataset")  # (after a batch)
 _PREFETCH_MICRO_BATCHES = 2
+_OPENING_THREADS = 8  # shards whose new pass fills its first micro-batch at once
 
 
 @dataclass
@@ -74,23 +76,31 @@ class Shard:
     position: Position = field(default_factory=Position)
     iterator: object = None
 
-    def next(self):
-        """The shard's next micro-batch; at the end of a pass, the first of the next."""
-        for _ in range(2):
-            if self.iterator is None:
-                self.iterator = iter(self.dataset)
-                self.position = Position(self.position.passes + 1, 0)
-            try:
-                batch = next(self.iterator)
-            except StopIteration:
-                if self.position.taken == 0:
-                    break
-                self.iterator = None
-                continue
-            self.position.taken += 1
-            return batch
-        raise DataError(f"logical shard {self.index} of the streamed pipeline has no records (its files are "
-                        "empty); use fewer --data-shards, or remove the empty files")
+    def take(self):
+        """The current pass's next micro-batch; None once the pass has ended (or before the first)."""
+        if self.iterator is None:
+            return None
+        try:
+            batch = next(self.iterator)
+        except StopIteration:
+            self.iterator = None
+            return None
+        self.position.taken += 1
+        return batch
+
+    def begin_pass(self) -> None:
+        """The next pass's iterator, which draws the pass's shuffle seeds (so: on one thread, in
+        shard order, the same in every run)."""
+        self.iterator = iter(self.dataset)
+        self.position = Position(self.position.passes + 1, 0)
+
+    def first(self):
+        """The first micro-batch of the pass just begun."""
+        batch = self.take()
+        if batch is None:
+            raise DataError(f"logical shard {self.index} of the streamed pipeline has no records (its files are "
+                            "empty); use fewer --data-shards, or remove the empty files")
+        return batch
 
     def state(self, saves: bool) -> bytes:
         if not saves or self.iterator is None:
@@ -117,7 +127,8 @@ def pipeline_shards(make, layout: Layout) -> list[Shard]:
     micro-batch and ``shard(num_input_pipelines, input_pipeline_id)`` the shard."""
     shards = []
     for k in layout.owned():
-        dataset, verdict = checkpointable(make(tf.distribute.InputContext(layout.shards, k, layout.shards)))
+        made = make(tf.distribute.InputContext(layout.shards, k, layout.shards))
+        dataset, verdict = checkpointable(without_autotune(made))
         shards.append(Shard(k, dataset, verdict.shuffles))
     return shards
 
@@ -133,12 +144,22 @@ def shard_datasets(stream: tf.data.Dataset, layout: Layout) -> dict[int, tf.data
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
     examples = _examples_below_batch(stream)
     source = (examples if examples is not None else stream).with_options(stream.options()).with_options(options)
+    source = without_autotune(source)
 
     def micro_batches(shard: tf.data.Dataset, size: int) -> tf.data.Dataset:
         if examples is not None:
             return shard.batch(size).prefetch(_PREFETCH_MICRO_BATCHES)
         return shard.unbatch().batch(size)  # (a short batch at a pass's end does not shift the next pass's)
     return {k: micro_batches(_AutoShardDataset(source, layout.shards, k), layout.micro(k)) for k in layout.owned()}
+
+
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with tf.data's autotuning off. With many shards' iterators alive in one process,
+    dropping one at a pass's end waits for its autotuning thread, longer each pass (bench/sharding.py
+    shows epochs growing); parallelism given as AUTOTUNE then uses the machine's cores."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def _examples_below_batch(dataset: tf.data.Dataset) -> tf.data.Dataset | None:
@@ -171,12 +192,27 @@ class ShardedReader:
             strategy.num_replicas_in_sync > 1 else 1
         self.replicas = Replicas(total=local)
         self.records = 0  # examples this process read of its shards (see share)
+        # Shards with seed generators of their own (made by the job's function) fill their new passes'
+        # buffers side by side. Shards of the rewrite share the pipeline's generators, which a new pass
+        # draws from lazily, on its first read: those read one after another, in shard order.
+        self._opening = map if per_pipeline is None else \
+            ThreadPoolExecutor(min(len(self.shards), _OPENING_THREADS), thread_name_prefix="shards").map
 
     def __iter__(self):
         return self
 
+    def parts(self) -> list:
+        """Each shard's micro-batch of the next step, in shard order."""
+        parts = [shard.take() for shard in self.shards]
+        ended = [k for k, part in enumerate(parts) if part is None]
+        for k in ended:
+            self.shards[k].begin_pass()
+        for k, part in zip(ended, self._opening(lambda k: self.shards[k].first(), ended)):
+            parts[k] = part
+        return parts
+
     def __next__(self):
-        parts = [shard.next() for shard in self.shards]
+        parts = self.parts()
         if not self._checked:
             self._check_sizes(parts)
         batch = parts[0] if len(parts) == 1 else tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *parts)

@@ -47,8 +47,7 @@ def _read_run(job, cfg, starts: list[dict]) -> dict:
         for index in range(start["workers"]):
             reader = _reader(job, cfg, start, index)
             for step in range(start["begin"], start["end"]):
-                for shard in reader.shards:
-                    batch = shard.next()
+                for shard, batch in zip(reader.shards, reader.parts()):
                     reads.append([step, shard.index, shard.position.passes, fingerprints(batch)])
             positions.update({s.index: [s.position.passes, s.position.taken] for s in reader.shards})
         ends.append([positions[k] for k in sorted(positions)])
