@@ -19,10 +19,10 @@ the trainer's pipeline non-checkpointable), and for the trainer the committed ch
 (and its iterator state) and the save stall (the time the training loop spends in a save,
 the gathering of the shards' states included: the median of the epoch-end saves after the first).
 
-tf.data's autotuning is off in the job's pipeline by default, in every mode (``--autotune on``
-turns it on): with it on, dropping a shard's finished iterator at a pass's end blocks for
-longer and longer with many shard iterators alive in a process, and the sharded epochs grow
-from pass to pass.
+tf.data's autotuning is on in the job's pipeline by default, as users have it (``--autotune
+off`` turns it off in every mode); the trainer's sharded reading turns it off in its shards'
+pipelines whatever the job says (with many shard iterators alive in a process, dropping a
+finished one waited for its autotuning thread, longer each pass).
 
     python -m bench.sharding [--workers 1,2,4] [--epochs 3] [--files 32] [--records-per-file 64]
 """
@@ -285,9 +285,9 @@ def main() -> None:
     p.add_argument("--files", type=int, default=32, help="TFRecord files written (default 32)")
     p.add_argument("--records-per-file", type=int, default=64, help="PNG images per file (default 64)")
     p.add_argument("--image-size", type=int, default=64, help="side of the PNG images (default 64)")
-    p.add_argument("--autotune", choices=("on", "off"), default="off",
-                   help="tf.data autotuning of the job's pipeline, the same in every mode (default off: with it "
-                        "on, the trainer's sharded reading slows down from pass to pass on this machine)")
+    p.add_argument("--autotune", choices=("on", "off"), default="on",
+                   help="tf.data autotuning of the job's pipeline (default on, as users have it; the trainer's "
+                        "sharded reading turns it off in its shards whatever the job says)")
     p.add_argument("--no-counts", action="store_true", help="skip the one-epoch runs that count the decodes")
     p.add_argument("--out", default=None, help="Markdown report (default bench/results/sharding-<date>.md); "
                                                "the raw numbers go beside it as .json")
