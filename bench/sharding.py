@@ -244,10 +244,10 @@ def count_run(plan: Plan, mode: str, workers: int) -> list[int]:
 
 # -- the report -------------------------------------------------------------------------------
 def default_shards(files: int, batch: int, workers: list[int]) -> int:
-    """The logical shards the trainer picks by default for the largest worker count."""
-    from trainer.data.sharded import MAX_DEFAULT_SHARDS
-    multiple = math.lcm(*workers)
-    return min(files, batch, MAX_DEFAULT_SHARDS) // multiple * multiple
+    """The logical shards the trainer picks by default for every worker count given (its choice for
+    their least common multiple)."""
+    from trainer.data.shard_plan import Split, choose_count
+    return choose_count(None, Split(batch=batch, files=files), math.lcm(*workers))
 
 
 def table(rows: list[dict], records: int) -> str:
