@@ -97,6 +97,7 @@ def tf_worker(out: str, files: str, epochs: int, count: bool, autotune: bool, se
     import tensorflow as tf
 
     from bench import sharding_job
+    from tests.ledger_job import DECODED
     tf.config.experimental.enable_op_determinism()  # (as the trainer, by default)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     keras.utils.set_random_seed(seed)
@@ -123,7 +124,7 @@ def tf_worker(out: str, files: str, epochs: int, count: bool, autotune: bool, se
             loss = step(iterator)
         float(loss)  # (the epoch's steps done)
         ends.append(time.perf_counter())
-        decoded.append(sharding_job.DECODED[0])
+        decoded.append(DECODED[0])
     with open(out, "w") as fh:
         json.dump({"began": began, "epoch_end": ends, "decoded": decoded, "code": 0}, fh)
 

@@ -7,8 +7,6 @@ Write the files with :func:`write_files`; train with
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tests.ledger_job import DecodeCount, counting_decodes
 from trainer import setting
 
 CLASSES = 10
 FEATURES = {"png": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-DECODED: list[int] = [0]  # records this process decoded (with --count-decodes)
 
 
 @dataclass
@@ -83,7 +81,7 @@ def pipeline(s: Settings, known_length: bool = True) -> tf.data.Dataset:
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(s.cycle_length, len(paths)))
     records = records.shuffle(s.shuffle_buffer)
     if s.count_decodes:
-        records = records.map(lambda r: tf.py_function(_counted, [r], tf.string))
+        records = counting_decodes(records)
     examples = records.map(lambda r: decode(r, s.image_size, s.crop), num_parallel_calls=s.parallel_calls,
                            deterministic=True)
     batches = examples.batch(s.batch_size).prefetch(2)
@@ -107,23 +105,6 @@ def decode(record, size: int, crop: int):
     blur = tf.ones((3, 3, 3, 1)) / 9.0
     image = tf.nn.depthwise_conv2d(image[None], blur, [1, 1, 1, 1], "SAME")[0]
     return tf.image.per_image_standardization(image), tf.cast(parsed["label"], tf.int32)
-
-
-def _counted(record):
-    DECODED[0] += 1
-    return record
-
-
-class DecodeCount(keras.callbacks.Callback):
-    """Writes the records this process decoded to ``<decoded_out>-<TF_CONFIG task index>`` at train end."""
-
-    def __init__(self, out: str):
-        super().__init__()
-        self.out = out
-
-    def on_train_end(self, logs=None):
-        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
-        Path(f"{self.out}-{task}").write_text(str(DECODED[0]))
 
 
 def callbacks(s: Settings):

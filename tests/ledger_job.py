@@ -133,7 +133,7 @@ def _files_pipeline(s: Settings, context: tf.distribute.InputContext | None = No
         batch = context.get_per_replica_batch_size(s.batch_size)
     records = files.shuffle(len(paths)).interleave(tf.data.TFRecordDataset, cycle_length=2).shuffle(64)
     if s.count_decodes:
-        records = records.map(lambda r: tf.py_function(_counted, [r], tf.string))
+        records = counting_decodes(records)
     examples = records.map(lambda r: _parse(r), num_parallel_calls=2, deterministic=True)
     batches = examples.batch(batch).prefetch(2)
     return batches.apply(tf.data.experimental.assert_cardinality(-(-total // s.batch_size)))
@@ -153,19 +153,24 @@ def _parse(record):
     return parsed["x"], parsed["y"]
 
 
-class DecodeCount(keras.callbacks.Callback):
-    """Writes the records this process decoded to ``<ledger>.decoded-<TF_CONFIG task index>``."""
+def counting_decodes(records: tf.data.Dataset) -> tf.data.Dataset:
+    """``records``, each counted in DECODED as it passes (a Python counter: no longer checkpointable)."""
+    return records.map(lambda r: tf.py_function(_counted, [r], tf.string))
 
-    def __init__(self, ledger: str):
+
+class DecodeCount(keras.callbacks.Callback):
+    """Writes the records this process decoded to ``<prefix>-<TF_CONFIG task index>`` at train end."""
+
+    def __init__(self, prefix: str):
         super().__init__()
-        self.ledger = ledger
+        self.prefix = prefix
 
     def on_train_end(self, logs=None):
         import json
         import os
         task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
-        Path(f"{self.ledger}.decoded-{task}").write_text(str(DECODED[0]))
+        Path(f"{self.prefix}-{task}").write_text(str(DECODED[0]))
 
 
 def callbacks(s: Settings):
-    return [DecodeCount(s.ledger)] if s.count_decodes else []
+    return [DecodeCount(f"{s.ledger}.decoded")] if s.count_decodes else []
