@@ -407,6 +407,7 @@ def test_the_chief_never_combines_a_partial_state(tmp_path):
     readers = [sharded.ShardedReader(stream, Layout(4, 4, 2, worker), verdict, "records", None, 0)
                for worker in (0, 1)]
     for reader in readers:
+        reader.open()
         next(reader)
     mine = [reader.mine() for reader in readers]
     record = sharded.unpack(sharded.combine(mine, readers[0].layout))

@@ -5,6 +5,7 @@ four gives every record of a pass exactly once; and the choices and refusals aro
 The multi-worker runs are in tests/test_sharded.py."""
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests import ledger_job
-from trainer.data import shard_plan, sharded
+from trainer.data import pass_graph, shard_plan, sharded
 from trainer.data.accepted import from_job
 from trainer.errors import BAD_INPUT, CHECKPOINT_ERROR
 
@@ -45,16 +46,19 @@ def _ids(batch) -> list[int]:
 @pytest.mark.parametrize("kind", ["files", "pipelines"])
 def test_shards_restored_after_any_step_continue_exactly(files, kind, request):
     """Three passes read through, and read again with saves at random steps and near pass ends,
-    each restored by a new source: the same ids in the same order; each pass every record once.
-    (Without placing the shuffles' seed generators, later passes come in another order.)"""
+    each restored by a new source: the same ids in the same order; each pass every record once,
+    in an order of its own. (Passes seeded by a generator the shards share come in another order
+    in every run: see pass_graph.)"""
     total = 3 * STEPS
     first = _source(files, kind)
     expected = [_ids(next(first.iterator(0, 0))) for _ in range(total)]
-    for p in range(3):
-        assert sorted(i for step in expected[p * STEPS:(p + 1) * STEPS] for i in step) == list(range(sum(SIZES)))
+    passes = [expected[p * STEPS:(p + 1) * STEPS] for p in range(3)]
+    for one_pass in passes:
+        assert sorted(i for step in one_pass for i in step) == list(range(sum(SIZES)))
+    assert passes[0] != passes[1] != passes[2] != passes[0]  # (each pass reshuffled)
     seed = random.SystemRandom().randrange(2**32)
     request.node.add_report_section("call", "stops", f"random.Random({seed})")
-    # (near a pass's end the shuffles' seed positions are no longer in the saved state: see pipeline_graph)
+    # (near a pass's end: the next pass may have begun in the read-ahead)
     stops = random.Random(seed).sample(range(1, total), 3) + [STEPS - 2, STEPS, 2 * STEPS - 1, 2 * STEPS + 3]
     got, state = [], b""
     for stop in [*sorted(set(stops)), total]:
@@ -102,15 +106,46 @@ def test_shard_counts_chosen_and_refused():
     assert list(shard_plan.resume_layout({"shards": 12, "batch": 24}, 3, 2).owned()) == [8, 9, 10, 11]
 
 
-def test_pipelines_that_cannot_be_split_say_why(files):
+def test_pipelines_that_cannot_be_split_say_why(files, caplog):
     arrays = tf.data.Dataset.from_tensor_slices(np.zeros((32, 2), "float32")).batch(8)
     source = from_job(arrays, "train")
     assert "list of files" in shard_plan.inspect(source.stream, source.verdict).reason
     unknown = tf.data.TFRecordDataset(sorted(map(str, files.glob("*.tfrecord")))).batch(8)
     assert "assert_cardinality" in shard_plan.inspect(unknown, from_job(unknown.apply(
         tf.data.experimental.assert_cardinality(24)), "train").verdict).reason
+    nested = tf.data.Dataset.from_tensor_slices(sorted(map(str, files.glob("*.tfrecord")))).interleave(
+        lambda path: tf.data.TFRecordDataset(path).shuffle(8)).batch(8)
+    nested_source = from_job(nested.apply(tf.data.experimental.assert_cardinality(STEPS * 2)), "train")
+    nested_source.bind(tf.distribute.get_strategy(), shard_plan.Workers(1, 0, 0, SHARDS))
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        assert nested_source.iterator(0, 0) is not None and nested_source.reader is None
+    assert "reads it whole (it reshuffles inside a function" in caplog.text
     oversized = from_job(lambda context: ledger_job._files_pipeline(
         ledger_job.Settings(batch_size=BATCH, files=str(files))), "train")  # ignores the context's batch size
     oversized.bind(tf.distribute.get_strategy(), shard_plan.Workers(1, 0, 0, SHARDS))
     with pytest.raises(sharded.DataError, match="gave a batch of 16, more than its share.*get_per_replica_batch_size"):
         next(oversized.iterator(0, 0))
+
+
+def test_passes_follow_one_another_and_a_shard_without_records_fails():
+    """A shard's iterator runs through its passes (each shuffled anew, the same every time), starts
+    at any pass and step, and fails with its message where the pipeline has no records."""
+    def read(pipeline, first, skip, n):
+        iterator = iter(pipeline.passes(first, skip))
+        return [(int(p), int(i), [int(x) for x in element]) for p, i, element in (next(iterator) for _ in range(n))]
+    def made():  # (as a new process makes it: the same seeds)
+        tf.random.set_seed(3)
+        return pass_graph.PassPipeline(tf.data.Dataset.range(10).shuffle(10).batch(4), 1, 3)
+    pipeline = made()
+    passes = read(pipeline, 0, 0, 9)
+    assert [(p, i) for p, i, _ in passes] == [(p, i) for p in range(3) for i in range(3)]
+    for p in range(3):
+        assert sorted(x for _, _, element in passes[3 * p:3 * p + 3] for x in element) == list(range(10))
+    assert passes[0][2] != passes[3][2] != passes[6][2]
+    assert read(made(), 1, 2, 4) == passes[5:]
+    assert read(pipeline, 1, 3, 1) == passes[6:7]  # (a pass skipped whole: the next one)
+    empty = pass_graph.PassPipeline(tf.data.Dataset.range(10).filter(lambda x: x > 10).batch(4), 0, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shard 0 has no records"):
+        next(iter(empty.passes(0, 0, "shard 0 has no records")))
+    with pytest.raises(pass_graph.PassGraphError, match="draws a new random order"):
+        pass_graph.PassPipeline(tf.data.Dataset.random(seed=1, rerandomize_each_iteration=True).take(4).batch(2), 0, 1)

@@ -81,7 +81,8 @@ def test_stops_in_the_first_epoch_and_a_later_one_resume_bitwise(tmp_path, files
         final = helpers.run([*base, "--quiet"])
         assert final.returncode == 0, final.stdout + final.stderr
         assert f"at epoch {epoch} step {step}/{STEPS} (global step {global_step})" in final.stderr
-        resumed.append(final.stderr)
+        if global_step < EPOCHS * STEPS:  # (a stop that landed on the last step leaves nothing to read)
+            resumed.append(final.stderr)
     for output in resumed:
         assert "restored the iterator of" in output and "skipping" not in output, output
     helpers.assert_bitwise_equal(helpers.latest_variables(reference), helpers.latest_variables(tmp_path / "run"))

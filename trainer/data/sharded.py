@@ -14,30 +14,32 @@ split ``L`` ways (sizes as even as possible, as :class:`~.sources.Replicas`
 splits a batch among replicas), so a global batch keeps its size. Worker ``w``
 of ``W`` owns the contiguous block of ``L / W`` shards starting at
 ``w * L / W``, iterates only those, and concatenates their micro-batches into
-its local batch, which its replicas split. A shard whose pass ends starts its
-next pass at once (the remainder is carried: an epoch is always the pipeline's
-number of batches, and every record is trained once per pass of its shard).
+its local batch, which its replicas split, all inside the loop's compiled
+step. A shard's passes follow one another in its one iterator (the remainder is
+carried: an epoch is always the pipeline's number of batches, and every record
+is trained once per pass of its shard); pass ``p`` of shard ``k`` is shuffled
+by seeds of its own (``pass_graph``), so it is the same in every run.
 
 Each shard has its own iterator, so its state (TensorFlow's iterator
-checkpoint: position, shuffle buffer, seed state) and its position (passes
-begun, micro-batches taken) are its own. At every save the workers gather
+checkpoint: position, shuffle buffer) and its position (passes begun,
+micro-batches taken) are its own. At every save the workers gather
 them to the chief, which writes all ``L`` under the same commit marker as the
 weights: a commit has every shard or does not exist. A resume with any worker
 count that divides ``L`` gives each worker its block of shards and restores
 them, so every record of a pass is trained exactly once (in another order
-than the uninterrupted run's: the shards' shuffles share their seed
-generators within a process, and those draw in another order).
+than the uninterrupted run's, which took the shards' micro-batches in other
+batches).
 """
 from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import tensorflow as tf
 
-from .pipeline_graph import Verdict, checkpointable, first_line, restore_seed_generators, seed_generator_states
+from .pass_graph import PassGraphError, PassPipeline
+from .pipeline_graph import Verdict, checkpointable, first_line
 from .shard_plan import (
     Layout,
     Split,
@@ -56,81 +58,57 @@ MAGIC = b"trainer-shards/1\n"  # how a checkpoint's iterator state says it holds
 
 _PASS_THROUGH = ("_OptionsDataset", "_AssertCardinalityDataset", "_PrefetchDataset")  # (after a batch)
 _PREFETCH_MICRO_BATCHES = 2
-_OPENING_THREADS = 8  # shards whose new pass fills its first micro-batch at once
+# A shard's iterator as written, in every process: TensorFlow's default rewrites (a map made parallel, ...)
+# depend on the process's settings (op determinism), and a state saved by one shape restores only into it.
+_AS_WRITTEN = tf.data.Options()
+_AS_WRITTEN.autotune.enabled = False
+_AS_WRITTEN.experimental_optimization.apply_default_optimizations = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Position:
     """Where a shard is: passes begun, micro-batches taken in the current pass."""
     passes: int = 0
     taken: int = 0
 
 
-@dataclass
 class Shard:
-    """One logical shard: its pipeline (the job's, FILE-sharded, in micro-batches) and iterator;
-    ``shuffles``: the reshuffling shuffles of its own (a pipeline made for it by the job's function)."""
-    index: int
-    dataset: tf.data.Dataset
-    shuffles: tuple = ()
-    position: Position = field(default_factory=Position)
-    iterator: object = None
+    """One logical shard: every pass of its pipeline (the job's, FILE-sharded, in micro-batches)
+    in one iterator (see ``pass_graph``), each micro-batch tagged with its pass and number."""
 
-    def take(self):
-        """The current pass's next micro-batch; None once the pass has ended (or before the first)."""
-        if self.iterator is None:
-            return None
-        try:
-            batch = next(self.iterator)
-        except StopIteration:
-            self.iterator = None
-            return None
-        self.position.taken += 1
-        return batch
+    def __init__(self, index: int, dataset: tf.data.Dataset, shards: int):
+        self.index = index
+        self.pipeline = PassPipeline(dataset, index, shards)
+        self.iterator = None
 
-    def begin_pass(self) -> None:
-        """The next pass's iterator, which draws the pass's shuffle seeds (so: on one thread, in
-        shard order, the same in every run)."""
-        self.iterator = iter(self.dataset)
-        self.position = Position(self.position.passes + 1, 0)
+    def open(self, position: Position = Position(), saved: bytes = b"") -> None:
+        """The iterator at ``position``: the saved one, or (none saved) a new one past ``taken``
+        micro-batches of pass ``passes`` (each pass the same every time: nothing else to place)."""
+        if saved:
+            self.iterator = iter(self._passes(0, 0))
+            self.iterator._restore_from_tensors({"_STATE": tf.io.parse_tensor(saved, tf.variant)})
+        else:
+            self.iterator = iter(self._passes(max(position.passes - 1, 0), position.taken if position.passes else 0))
 
-    def first(self):
-        """The first micro-batch of the pass just begun."""
-        batch = self.take()
-        if batch is None:
-            raise DataError(f"logical shard {self.index} of the streamed pipeline has no records (its files are "
-                            "empty); use fewer --data-shards, or remove the empty files")
-        return batch
+    def _passes(self, first: int, skip: int) -> tf.data.Dataset:
+        empty = (f"logical shard {self.index} of the streamed pipeline has no records (its files are empty); use "
+                 "fewer --data-shards, or remove the empty files")
+        passes = self.pipeline.passes(first, skip, empty).prefetch(_PREFETCH_MICRO_BATCHES)  # (across passes' ends)
+        return passes.with_options(_AS_WRITTEN)
 
     def state(self, saves: bool) -> bytes:
-        if not saves or self.iterator is None:
+        if not saves:
             return b""
         return tf.io.serialize_tensor(self.iterator._serialize_to_tensors()["_STATE"]).numpy()
 
-    def restore(self, position: Position, saved: bytes) -> None:
-        """Back to ``position``: the saved iterator, or (none saved) a new one past ``taken`` micro-batches."""
-        self.position = Position(position.passes, position.taken)
-        if position.passes == 0:
-            return
-        self.iterator = iter(self.dataset)
-        if saved:
-            self.iterator._restore_from_tensors({"_STATE": tf.io.parse_tensor(saved, tf.variant)})
-            return
-        for _ in range(position.taken):
-            next(self.iterator)
 
-
-def pipeline_shards(make, layout: Layout) -> list[Shard]:
+def pipeline_shards(make, layout: Layout) -> dict[int, tf.data.Dataset]:
     """This worker's shards from the job's function of a ``tf.distribute.InputContext``, as
     ``distribute_datasets_from_function`` calls it: one input pipeline per logical shard, each
     with one replica's share of the batch, so that ``get_per_replica_batch_size`` gives the
     micro-batch and ``shard(num_input_pipelines, input_pipeline_id)`` the shard."""
-    shards = []
-    for k in layout.owned():
-        made = make(tf.distribute.InputContext(layout.shards, k, layout.shards))
-        dataset, verdict = checkpointable(without_autotune(made))
-        shards.append(Shard(k, dataset, verdict.shuffles))
-    return shards
+    return {k: checkpointable(without_autotune(make(tf.distribute.InputContext(layout.shards, k, layout.shards))))[0]
+            for k in layout.owned()}
 
 
 def shard_datasets(stream: tf.data.Dataset, layout: Layout) -> dict[int, tf.data.Dataset]:
@@ -154,9 +132,9 @@ def shard_datasets(stream: tf.data.Dataset, layout: Layout) -> dict[int, tf.data
 
 
 def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """``dataset`` with tf.data's autotuning off. With many shards' iterators alive in one process,
-    dropping one at a pass's end waits for its autotuning thread, longer each pass (bench/sharding.py
-    shows epochs growing); parallelism given as AUTOTUNE then uses the machine's cores."""
+    """``dataset`` with tf.data's autotuning off: with many shards' iterators in one process, each
+    one's autotuner competes for the cores it tunes for (bench/sharding.py measures it); parallelism
+    given as AUTOTUNE then uses the machine's cores."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)
@@ -175,48 +153,46 @@ def _examples_below_batch(dataset: tf.data.Dataset) -> tf.data.Dataset | None:
 
 class ShardedReader:
     """This worker's logical shards, read in step: each ``next`` is the local batch (its shards'
-    micro-batches, in shard order), split among its replicas. Read eagerly, a step at a time
-    (``read_eagerly``): a shard's pass ends and the next one opens in Python, between steps."""
-
-    read_eagerly = True
+    micro-batches, in shard order), split among its replicas. ``next`` runs inside the loop's
+    compiled step as well as eagerly; where each shard is (its micro-batch's pass and number)
+    goes into a table in the same call, for the saves to read."""
 
     def __init__(self, stream: tf.data.Dataset, layout: Layout, verdict: Verdict, what: str,
                  strategy: tf.distribute.Strategy | None, first_replica: int, per_pipeline=None):
         self.layout, self.verdict, self.what = layout, verdict, what
-        self.shards = pipeline_shards(per_pipeline, layout) if per_pipeline else \
-            [Shard(k, ds) for k, ds in shard_datasets(stream, layout).items()]
-        self._checked = per_pipeline is None  # (the job's function is trusted to batch as asked once seen)
-        self._shared_shuffles = () if per_pipeline else verdict.shuffles  # (the rewrite's shards share them)
+        made = pipeline_shards(per_pipeline, layout) if per_pipeline else shard_datasets(stream, layout)
+        self.shards = [Shard(k, dataset, layout.shards) for k, dataset in made.items()]
+        self._checks_sizes = per_pipeline is not None  # (the job's function batches as it was asked, or not)
         self.strategy, self.first_replica = strategy, first_replica
         local = len(strategy.extended.worker_devices) if strategy is not None and \
             strategy.num_replicas_in_sync > 1 else 1
         self.replicas = Replicas(total=local)
-        self.records = 0  # examples this process read of its shards (see share)
-        # Shards with seed generators of their own (made by the job's function) fill their new passes'
-        # buffers side by side. Shards of the rewrite share the pipeline's generators, which a new pass
-        # draws from lazily, on its first read: those read one after another, in shard order.
-        self._opening = map if per_pipeline is None else \
-            ThreadPoolExecutor(min(len(self.shards), _OPENING_THREADS), thread_name_prefix="shards").map
+        # (not a variable: a strategy would mirror it) shard -> [passes begun, taken]; _RECORDS -> [records read, 0]
+        self._table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int64, tf.constant([0, 0], tf.int64))
+        self._keys = tf.constant([s.index for s in self.shards], tf.int64)
+
+    def open(self) -> None:
+        for shard in self.shards:
+            shard.open()
 
     def __iter__(self):
         return self
 
     def parts(self) -> list:
-        """Each shard's micro-batch of the next step, in shard order."""
-        parts = [shard.take() for shard in self.shards]
-        ended = [k for k, part in enumerate(parts) if part is None]
-        for k in ended:
-            self.shards[k].begin_pass()
-        for k, part in zip(ended, self._opening(lambda k: self.shards[k].first(), ended)):
-            parts[k] = part
+        """Each shard's micro-batch of the next step, in shard order (where each shard is, noted)."""
+        elements = [next(shard.iterator) for shard in self.shards]
+        self._table.insert(self._keys, tf.stack([tf.stack([p + 1, i + 1]) for p, i, _ in elements]))
+        parts = [part for _, _, part in elements]
+        if self._checks_sizes:
+            self._check_sizes(parts)
         return parts
 
     def __next__(self):
         parts = self.parts()
-        if not self._checked:
-            self._check_sizes(parts)
         batch = parts[0] if len(parts) == 1 else tf.nest.map_structure(lambda *xs: tf.concat(xs, 0), *parts)
-        self.records += int(tf.nest.flatten(batch)[0].shape[0])
+        read = self._table.lookup(tf.constant([_RECORDS], tf.int64))[0, 0]
+        self._table.insert(tf.constant([_RECORDS], tf.int64), [tf.stack(
+            [read + tf.shape(tf.nest.flatten(batch)[0], tf.int64)[0], tf.constant(0, tf.int64)])])
         if self.replicas.total == 1 and (self.strategy is None or self.strategy.num_replicas_in_sync == 1):
             return batch
         return self.strategy.experimental_distribute_values_from_function(
@@ -224,12 +200,23 @@ class ShardedReader:
 
     def _check_sizes(self, parts) -> None:
         for shard, part in zip(self.shards, parts):
-            size = int(tf.shape(tf.nest.flatten(part)[0])[0])
-            if size > self.layout.micro(shard.index):
-                raise DataError(f"{self.what}: input pipeline {shard.index} of {self.layout.shards} gave a batch of "
-                                f"{size}, more than its share of the global batch of {self.layout.batch}; batch it "
-                                "with input_context.get_per_replica_batch_size(global_batch_size)")
-        self._checked = True
+            size, micro = tf.shape(tf.nest.flatten(part)[0])[0], self.layout.micro(shard.index)
+            message = (f"{self.what}: input pipeline {shard.index} of {self.layout.shards} gave a batch of more than "
+                       f"its share ({micro}) of the global batch of {self.layout.batch}; batch it with "
+                       "input_context.get_per_replica_batch_size(global_batch_size)")
+            if tf.executing_eagerly() and int(size) > micro:
+                raise DataError(message.replace("more than", f"{int(size)}, more than"))
+            tf.debugging.assert_less_equal(size, micro, message=message)
+
+    def positions(self) -> dict[int, Position]:
+        """Where each of this worker's shards is: passes begun, micro-batches taken in the last."""
+        found = self._table.lookup(self._keys).numpy()
+        return {shard.index: Position(int(p), int(t)) for shard, (p, t) in zip(self.shards, found)}
+
+    @property
+    def records(self) -> int:
+        """Examples this process read of its shards (see share)."""
+        return int(self._table.lookup(tf.constant([_RECORDS], tf.int64))[0, 0])
 
     def share(self) -> str:
         """What this process read, in words (``trainer verify`` reads each worker's share from it)."""
@@ -240,7 +227,8 @@ class ShardedReader:
     def mine(self) -> bytes:
         """This worker's shards' positions and states, for the chief to gather. An op that cannot
         save its state refuses only here: the shards then resume by skipping, with a warning."""
-        header = {str(s.index): [s.position.passes, s.position.taken] for s in self.shards}
+        positions = self.positions()
+        header = {str(k): [p.passes, p.taken] for k, p in positions.items()}
         try:
             states = [s.state(self.verdict.reason is None) for s in self.shards]
         except tf.errors.OpError as exc:
@@ -252,28 +240,26 @@ class ShardedReader:
         return _pack([json.dumps(header).encode(), *states])
 
     def restore(self, record: dict) -> None:
-        """This worker's shards where ``record`` (:func:`unpack`) has them, the shuffles' seed
-        generators where this worker's uninterrupted run had them: one draw per pass begun."""
+        """This worker's shards where ``record`` (:func:`unpack`) has them."""
         positions, states = record["positions"], record["states"]
-        exact = self.verdict.reason is None
-        begun = sum(positions[s.index].passes for s in self.shards)
-        shared = seed_generator_states(self._shared_shuffles, begun) if exact else []
         for shard in self.shards:
-            own = seed_generator_states(shard.shuffles, positions[shard.index].passes) if exact else []
             try:
-                shard.restore(positions[shard.index], states[shard.index])
+                shard.open(positions[shard.index], states[shard.index])
             except (tf.errors.OpError, ValueError) as exc:
                 raise DataError(f"{self.what}: the checkpoint's state of logical shard {shard.index} does not fit "
                                 f"this pipeline ({first_line(exc)}); was the dataset changed? Restore the "
                                 "pipeline of the run, or start over with --fresh") from exc
-            restore_seed_generators(own)
-        restore_seed_generators(shared)
+        self._table.insert(self._keys, tf.constant([[positions[s.index].passes, positions[s.index].taken]
+                                                    for s in self.shards], tf.int64))
+
+
+_RECORDS = -1  # (the table's key of the records read)
 
 
 def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: Workers, strategy,
-                saved: bytes, fresh: bool, at: tuple[int, int], per_pipeline=None) -> ShardedReader | None:
+                saved: bytes, at: tuple[int, int], per_pipeline=None) -> ShardedReader | None:
     """This worker's logical shards: restored where the checkpoint (``saved``) holds shards; new
-    where a run starts (``fresh``) with sharding asked for (several workers, or --data-shards)
+    where a run starts (``at`` its first step) with sharding asked for (several workers, or --data-shards)
     and a pipeline that can be split; else None: the global stream (a run that began reading it
     keeps reading it). ``per_pipeline``: the job's function of an InputContext, which makes each
     shard's pipeline (``stream`` is then what it made for one pipeline: the global stream)."""
@@ -288,12 +274,16 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
             log.warning("--data-shards %d is ignored: the run reads %d logical shards, fixed when it started",
                         workers.requested, record["shards"])
         layout = resume_layout(record, workers.count, workers.index)
-        restored = reader(layout)
+        try:
+            restored = reader(layout)
+        except PassGraphError as exc:
+            raise DataError(f"{what}: the checkpoint holds logical shards, but this pipeline cannot be read in "
+                            f"them: {exc}; restore the pipeline of the run, or start over with --fresh") from exc
         restored.restore(record)
         log.info("restored logical shards %s of %d of %s at epoch %d step %d (nothing skipped)",
                  _span(layout.owned()), layout.shards, what, at[0] + 1, at[1])
         return restored
-    if saved or not fresh or not workers.shards_new_runs():
+    if saved or at != (0, 0) or not workers.shards_new_runs():
         return None
     split = inspect(stream, verdict, per_pipeline is not None)
     shards = choose_count(workers.requested, split, workers.count, per_pipeline is not None) \
@@ -306,9 +296,15 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
         log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, split.reason)
         return None
     layout = Layout(shards, split.batch, workers.count, workers.index)
+    try:
+        new = reader(layout)
+    except PassGraphError as exc:
+        log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, exc)
+        return None
+    new.open()
     source = "input pipelines of the job's function" if per_pipeline else f"logical shards of its {split.files} files"
     log.info("reading %s in %d %s; this worker reads shards %s", what, shards, source, _span(layout.owned()))
-    return reader(layout)
+    return new
 
 
 def _span(shards: range) -> str:

@@ -150,7 +150,7 @@ class StreamingData:
     def _sharded_reader(self, epoch: int, start_step: int) -> sharded.ShardedReader | None:
         """This worker's logical shards, when the run reads the pipeline so (see ``sharded.open_reader``)."""
         return sharded.open_reader(self.stream, self.verdict, self.what, self._workers, self._strategy,
-                                   self.state.numpy(), fresh=(epoch, start_step) == (0, 0), at=(epoch, start_step),
+                                   self.state.numpy(), at=(epoch, start_step),
                                    per_pipeline=self.per_pipeline)
 
     def _use(self, iterator, epoch: int) -> None:

@@ -96,7 +96,6 @@ class Loop:
         self.strategy = self.strategy or self.model.distribute_strategy
         self.steps_per_execution = self.model.steps_per_execution  # (checked when the job was loaded)
         self._train_fn, self._train_agreeing_fn = self._with_agreement(self._execution_function(self.model.train_step))
-        self._train_step = self._one_step(self.model.train_step)  # (for a feed read step by step)
         self._train_to_end_fns = None  # (made for data of unknown length, in its first epoch)
         self._test_fn = self._test_to_end_fn = None
         self._counts: dict[int, tf.Tensor] = {}
@@ -239,11 +238,7 @@ class Loop:
                                                          agreement.every)
         if agreeing:  # (decided before the execution: a stop must leave room for it and the next agreement)
             local = self._local(count + agreement.every + self.steps_per_execution - 1, steps)
-        if getattr(iterator, "read_eagerly", False):  # (a feed of Python logic: its steps one by one)
-            for _ in range(count):
-                logs = self._train_step(next(iterator))
-            agreed = agreement.now_flags(agreement.local_flags(local)) if agreeing else None
-        elif agreeing:
+        if agreeing:
             logs, agreed = agreeing_fn(*inputs, agreement.local_flags(local))
         else:
             logs = plain(*inputs)

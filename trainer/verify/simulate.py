@@ -7,7 +7,7 @@ worker count, first and end step (0-based), and the file of the iterator state t
 from (the one the real run committed at its stop; none for a new run). The simulated workers
 share this one process (one TensorFlow start-up, not one per worker), yet each builds the job's
 data anew as a worker process builds it (Keras's session cleared, the run's seed set,
-``build_data`` called), so its shuffles get the seeds, and its own seed generators, that they get
+``build_data`` called), so its shuffles get the seeds that they get
 in a new worker process; it then reads its shards step by step. OUT (JSON), per run: the reads
 ``[step, shard, pass, [fingerprint of each example]]`` and each start's shard positions at its
 end; or, for a pipeline not read in shards, why.
@@ -47,9 +47,10 @@ def _read_run(job, cfg, starts: list[dict]) -> dict:
         for index in range(start["workers"]):
             reader = _reader(job, cfg, start, index)
             for step in range(start["begin"], start["end"]):
-                for shard, batch in zip(reader.shards, reader.parts()):
-                    reads.append([step, shard.index, shard.position.passes, fingerprints(batch)])
-            positions.update({s.index: [s.position.passes, s.position.taken] for s in reader.shards})
+                parts, now = reader.parts(), reader.positions()
+                for shard, batch in zip(reader.shards, parts):
+                    reads.append([step, shard.index, now[shard.index].passes, fingerprints(batch)])
+            positions.update({k: [p.passes, p.taken] for k, p in reader.positions().items()})
         ends.append([positions[k] for k in sorted(positions)])
     return {"reads": sorted(reads, key=lambda read: read[:2]), "ends": ends}
 
@@ -65,6 +66,8 @@ def _reader(job, cfg, start: dict, index: int):
     from ..data.shard_plan import Workers
     from ..data.streaming import StreamingData
     keras.backend.clear_session()
+    if cfg.get("deterministic", True):  # (as the run's processes: it shapes the pipelines' graphs too)
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg["seed"])
     raw = job.call("build_data")
     what = f"job {job.label}: build_data's training data"
