@@ -132,9 +132,9 @@ def shard_datasets(stream: tf.data.Dataset, layout: Layout) -> dict[int, tf.data
 
 
 def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """``dataset`` with tf.data's autotuning off: with many shards' iterators in one process, each
-    one's autotuner competes for the cores it tunes for (bench/sharding.py measures it); parallelism
-    given as AUTOTUNE then uses the machine's cores."""
+    """``dataset`` with tf.data's autotuning off: a process holds many shards' iterators, and fixed
+    parallelism keeps their threads bounded (autotuning gained nothing measurable there);
+    parallelism given as AUTOTUNE then uses the machine's cores."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)
