@@ -34,6 +34,8 @@ class Settings:
     files: str = setting("", may_change=True, help="files: folder of TFRecord files written by write_files")
     count_decodes: bool = setting(False, may_change=True, help="files: count the records each process "
                                   "decodes (a Python counter: the pipeline is no longer checkpointable)")
+    unknown_length: bool = setting(False, help="files: leave the pipeline's length unknown, as a plain TFRecord "
+                                   "pipeline has it (no assert_cardinality)")
 
 
 class LedgerModel(keras.Model):
@@ -136,6 +138,8 @@ def _files_pipeline(s: Settings, context: tf.distribute.InputContext | None = No
         records = counting_decodes(records)
     examples = records.map(lambda r: _parse(r), num_parallel_calls=2, deterministic=True)
     batches = examples.batch(batch).prefetch(2)
+    if s.unknown_length:
+        return batches
     return batches.apply(tf.data.experimental.assert_cardinality(-(-total // s.batch_size)))
 
 

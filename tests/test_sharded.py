@@ -29,7 +29,7 @@ JOB = str(helpers.ROOT / "tests" / "ledger_job.py")
 EPOCHS = ledger_job.EPOCHS
 SAVE_EVERY = 4  # periodic saves: a kill finds a commit a few steps back, mid-epoch
 FROZEN_S = 2  # how long the chief waits for a frozen worker 1 before it is killed (any wait: the same outcome)
-RESUMED = re.compile(r"resumed from \S+/ckpt-\d+ at epoch \d+ step \d+/\d+ \(global step (\d+)\)")
+RESUMED = re.compile(r"resumed from \S+/ckpt-\d+ at epoch \d+ step \d+/(?:\d+|unknown) \(global step (\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -293,19 +293,20 @@ def test_stops_and_kills_resume_bitwise(tmp_path, files, reference, request):
 # -- what each worker reads ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def decoding(tmp_path_factory, files):
-    """The small files trained by 2 workers (12 shards, the default) and by 3 workers in 3 shards
-    (--data-shards 3: shard k reads files k, k + 3, k + 6, k + 9), both runs at once, each process
-    counting the records it decodes: {workers: (run dir, ledger, outputs)}."""
+    """The small files trained by 2 workers (12 shards, the default), by 3 workers in 3 shards
+    (--data-shards 3: shard k reads files k, k + 3, k + 6, k + 9), and by 2 workers with the
+    pipeline's length left unknown, the runs at once, each process counting the records it
+    decodes: {name: (run dir, ledger, outputs)}."""
     tmp, data = tmp_path_factory.mktemp("sharded-decoding"), files["small"]
-    runs = {2: (), 3: ("--data-shards", "3")}
-    clusters = {workers: helpers.start_workers(_train(tmp / f"run-{workers}", data, tmp / f"ledger-{workers}.txt",
-                                                      "--count-decodes", "--quiet", *extra), workers)
-                for workers, extra in runs.items()}
+    runs = {"2": (2, ()), "3": (3, ("--data-shards", "3")), "unknown": (2, ("--unknown-length",))}
+    clusters = {name: helpers.start_workers(_train(tmp / f"run-{name}", data, tmp / f"ledger-{name}.txt",
+                                                   "--count-decodes", "--quiet", *extra), workers)
+                for name, (workers, extra) in runs.items()}
     done = {}
-    for workers, procs in clusters.items():
+    for name, procs in clusters.items():
         codes, outputs = _outputs(procs)
-        assert codes == [0] * workers, outputs
-        done[workers] = (tmp / f"run-{workers}", tmp / f"ledger-{workers}.txt", outputs)
+        assert codes == [0] * len(procs), outputs
+        done[name] = (tmp / f"run-{name}", tmp / f"ledger-{name}.txt", outputs)
     return done
 
 
@@ -315,7 +316,7 @@ def test_each_worker_decodes_and_trains_only_its_own_files(files, decoding, work
     only the records of its own shards' files, whole parts in shard order; every epoch trains
     every record once."""
     data = files["small"]
-    _, ledger_file, outputs = decoding[workers]
+    _, ledger_file, outputs = decoding[str(workers)]
     per = shards // workers
     for worker, out in enumerate(outputs):
         assert f"in {shards} logical shards of its 12 files; this worker reads shards {worker * per}-{(worker + 1) * per - 1}" \
@@ -326,6 +327,50 @@ def test_each_worker_decodes_and_trains_only_its_own_files(files, decoding, work
     decoded = [int(Path(f"{ledger_file}.decoded-{worker}").read_text()) for worker in range(workers)]
     request.node.add_report_section("call", "decoded", f"records decoded by each worker: {decoded}")
     assert all(abs(count - EPOCHS * data.total // workers) <= data.batch for count in decoded), decoded
+
+
+def test_data_of_unknown_length_is_read_whole_in_its_first_epoch_then_in_shards(tmp_path, files, decoding,
+                                                                                 request):
+    """A TFRecord pipeline without assert_cardinality on two workers: the first epoch, whose end is
+    where the data ends, is read whole by each worker; from the second each reads its 6 shards of
+    12 (decoding the whole data once, then half of it an epoch), and every epoch trains every
+    record once. Stopped by SIGTERM to one worker at a random step (in the first epoch, at its
+    end, or later) and resumed, it ends bitwise equal to the uninterrupted run."""
+    data = files["small"]
+    reference_dir, ledger_file, outputs = decoding["unknown"]
+    for worker, out in enumerate(outputs):
+        assert "is read whole by every worker in its first epoch" in out, out
+        assert f"in 12 logical shards of its 12 files; this worker reads shards {6 * worker}-{6 * worker + 5}" \
+            in out, out
+    ledger = ledger_job.read(ledger_file)
+    _assert_every_epoch_exactly_once(ledger, data)
+    _assert_workers_read_their_shards(ledger, [s for s in ledger if s >= data.steps_per_epoch], data, 12, 2)
+    decoded = [int(Path(f"{ledger_file}.decoded-{worker}").read_text()) for worker in range(2)]
+    expected = data.total + (EPOCHS - 1) * data.total // 2
+    assert all(abs(count - expected) <= data.batch for count in decoded), (decoded, expected)
+
+    seed = _seed()
+    rng = random.Random(seed)
+    target, who = rng.randint(1, EPOCHS * data.steps_per_epoch - 2), rng.randrange(2)
+    request.node.add_report_section("call", "random stop", f"random.Random({seed}): SIGTERM to worker {who} at "
+                                                           f"global step {target}")
+    args = _train(tmp_path / "run", data, tmp_path / "ledger.txt", "--unknown-length", "--log-every-steps", "1")
+    procs = helpers.start_workers(args, 2)
+    out, reached = helpers.wait_for_step(procs[0], target)
+    assert reached is not None, out
+    procs[who].send_signal(signal.SIGTERM)
+    codes, outputs = _outputs(procs, {0: out})
+    if codes != [0, 0]:  # (else the run ended before the signal landed)
+        assert codes == [128 + signal.SIGTERM] * 2, outputs
+        stopped_at = int(re.search(r"stopped at epoch \d+ step \d+/\S+ \(global step (\d+)\)", outputs[0]).group(1))
+        codes, outputs = _outputs(helpers.start_workers(args, 2))
+        assert codes == [0, 0], outputs
+        assert _resumed_at(outputs) == stopped_at
+        if stopped_at > data.steps_per_epoch:
+            _assert_restored_shards(outputs, 12)
+        else:  # (the first epoch's global stream, or its end: the shards open where the second begins)
+            assert all("in 12 logical shards of its 12 files" in out and "skipping" not in out for out in outputs)
+    helpers.assert_bitwise_equal(helpers.latest_variables(reference_dir), helpers.latest_variables(tmp_path / "run"))
 
 
 def test_worker_count_changes_train_every_record_once_an_epoch(tmp_path, files, request):

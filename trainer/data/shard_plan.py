@@ -14,6 +14,8 @@ from .pipeline_graph import Verdict
 from .sources import Replicas
 
 MAX_DEFAULT_SHARDS = 64  # --data-shards' default: the files, at most this many
+UNKNOWN_LENGTH = ("its length is unknown until its first pass ends, and every worker must end an epoch at the same "
+                  "step; give it with dataset.apply(tf.data.experimental.assert_cardinality(N))")
 
 _READERS = ("TFRecordDatasetV2", "TextLineDatasetV2", "FixedLengthRecordDatasetV2", "_TFRecordDataset",
             "_TextLineDataset", "_FixedLengthRecordDataset")
@@ -75,20 +77,21 @@ class Split:
     reason: str | None = None
 
 
-def inspect(dataset: tf.data.Dataset, verdict: Verdict, per_pipeline: bool = False) -> Split:
+def inspect(dataset: tf.data.Dataset, verdict: Verdict, per_pipeline: bool = False,
+            known_length: bool = False) -> Split:
     """Whether ``dataset`` can be read in logical shards of files, from its chain of datasets
-    (``per_pipeline``: the job's function shards it itself, files or not)."""
+    (``per_pipeline``: the job's function shards it itself, files or not; ``known_length``: the
+    epoch's length was learned, where TensorFlow does not know it)."""
     if verdict.replay:
         return Split(reason=f"its reshuffling cannot be restored shard by shard ({verdict.reason})")
-    if int(dataset.cardinality()) < 1:
-        return Split(reason="its length is unknown, and every worker must end an epoch at the same step; "
-                            "give it with dataset.apply(tf.data.experimental.assert_cardinality(N))")
     batch, files = batch_size_of(dataset), _file_count(dataset)
     if batch is None:
         return Split(reason="it has no batch() with a fixed batch size to split among the shards")
     if files is None and not per_pipeline:
         return Split(reason="it does not start from a list of files (from_tensor_slices(files) or "
                             "list_files, then interleave or a reader such as TFRecordDataset)")
+    if not known_length and int(dataset.cardinality()) < 1:
+        return Split(reason=UNKNOWN_LENGTH)
     return Split(batch=batch, files=files)
 
 

@@ -41,6 +41,7 @@ import tensorflow as tf
 from .pass_graph import PassGraphError, PassPipeline
 from .pipeline_graph import Verdict, checkpointable, first_line
 from .shard_plan import (
+    UNKNOWN_LENGTH,
     Layout,
     Split,
     Workers,
@@ -257,9 +258,11 @@ _RECORDS = -1  # (the table's key of the records read)
 
 
 def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: Workers, strategy,
-                saved: bytes, at: tuple[int, int], per_pipeline=None) -> ShardedReader | None:
+                saved: bytes, begins: bool, known_length: bool, at: tuple[int, int],
+                per_pipeline=None) -> ShardedReader | None:
     """This worker's logical shards: restored where the checkpoint (``saved``) holds shards; new
-    where a run starts (``at`` its first step) with sharding asked for (several workers, or --data-shards)
+    where the run ``begins`` reading (its start; with data of unknown length, read whole in the
+    first epoch, the second epoch's) with sharding asked for (several workers, or --data-shards)
     and a pipeline that can be split; else None: the global stream (a run that began reading it
     keeps reading it). ``per_pipeline``: the job's function of an InputContext, which makes each
     shard's pipeline (``stream`` is then what it made for one pipeline: the global stream)."""
@@ -283,9 +286,15 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
         log.info("restored logical shards %s of %d of %s at epoch %d step %d (nothing skipped)",
                  _span(layout.owned()), layout.shards, what, at[0] + 1, at[1])
         return restored
-    if saved or at != (0, 0) or not workers.shards_new_runs():
+    if not begins or not workers.shards_new_runs() or (saved and at == (0, 0)):
         return None
-    split = inspect(stream, verdict, per_pipeline is not None)
+    split = inspect(stream, verdict, per_pipeline is not None, known_length)
+    if split.reason == UNKNOWN_LENGTH:
+        log.warning("%s is read whole by every worker in its first epoch: its length is unknown until its first "
+                    "pass ends, and every worker must end an epoch at the same step; from the second epoch on each "
+                    "worker reads only its share (dataset.apply(tf.data.experimental.assert_cardinality(N)) states "
+                    "the length beforehand: shards from the first step)", what)
+        return None
     shards = choose_count(workers.requested, split, workers.count, per_pipeline is not None) \
         if split.reason is None else 0
     if split.reason is None and not shards:

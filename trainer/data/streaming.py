@@ -131,27 +131,29 @@ class StreamingData:
         """The one iterator of the run, opened at the first epoch it trains (restored if saved);
         with several replicas, the feed of their shares of its batches; with logical shards, this
         worker's reader (see ``sharded``). Data of unknown length: see ``_passes``."""
-        if self._first_pass and epoch > 0:  # (this process read the first pass: its shuffles drew for it)
-            self._use(iter(self.stream.repeat()), epoch)
-        elif self._feed is None:
-            self._reader = self._sharded_reader(epoch, start_step)
-            if self._reader is not None:
-                self._feed = self._reader
-                return self._feed
+        if self._first_pass and epoch > 0 and not self._in_shards(epoch, start_step):
+            self._use(iter(self.stream.repeat()), epoch)  # (this process read the first pass: its shuffles drew)
+        elif self._feed is None and not self._in_shards(epoch, start_step):
             opener = self._replayed if self.verdict.replay else self._open
             self._use(opener(epoch, start_step), epoch)
         return self._feed
+
+    def _in_shards(self, epoch: int, start_step: int) -> bool:
+        """Whether the feed is now this worker's logical shards (see ``sharded.open_reader``): opened
+        where a run begins, or, for data of unknown length, read whole in the first epoch, where
+        the second begins (its length learned: every worker ends each epoch at the same step)."""
+        if self._reader is None:
+            begins = (epoch, start_step) == (0, 0) or (self.unknown_length and (epoch, start_step) == (1, 0))
+            self._reader = sharded.open_reader(self.stream, self.verdict, self.what, self._workers, self._strategy,
+                                               self.state.numpy(), begins, self.steps_per_epoch is not None,
+                                               (epoch, start_step), self.per_pipeline)
+            self._feed = self._reader or self._feed
+        return self._reader is not None
 
     def log_share(self) -> None:
         """At the end of this process's training: the records it read of its logical shards."""
         if self._reader is not None:
             log.info("%s", self._reader.share())
-
-    def _sharded_reader(self, epoch: int, start_step: int) -> sharded.ShardedReader | None:
-        """This worker's logical shards, when the run reads the pipeline so (see ``sharded.open_reader``)."""
-        return sharded.open_reader(self.stream, self.verdict, self.what, self._workers, self._strategy,
-                                   self.state.numpy(), at=(epoch, start_step),
-                                   per_pipeline=self.per_pipeline)
 
     def _use(self, iterator, epoch: int) -> None:
         self._iterator, self._first_pass = iterator, self.unknown_length and epoch == 0

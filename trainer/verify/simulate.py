@@ -74,6 +74,9 @@ def _reader(job, cfg, start: dict, index: int):
     train = accepted.from_job(raw[0] if isinstance(raw, tuple) and len(raw) == 2 else raw, what)
     if not isinstance(train, StreamingData):
         raise NotSharded("it is not a tf.data pipeline read as a stream")
+    if train.steps_per_epoch is None:
+        raise NotSharded("its length is unknown: its first epoch is read whole by every worker (the data check "
+                         "needs dataset.apply(tf.data.experimental.assert_cardinality(N)))")
     workers = start["workers"]
     train.bind(tf.distribute.get_strategy(), Workers(workers, index, 0, cfg.get("data_shards")))
     if start["state"]:
