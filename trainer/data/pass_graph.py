@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .pipeline_graph import NEW_ORDER_EACH_PASS, first_line
+
 _RESHUFFLING_SHUFFLE = "ShuffleDatasetV3"  # (what Dataset.shuffle makes; its inputs: data, size, seed, seed2, generator)
-_NEW_ORDER_EACH_PASS = ("reshuffle_each_iteration", "rerandomize_each_iteration")
 
 
 class PassGraphError(ValueError):
@@ -69,7 +70,7 @@ def _fixed_seed_graph(dataset: tf.data.Dataset):
     try:
         serialized = gen_dataset_ops.dataset_to_graph_v2(dataset._variant_tensor, external_state_policy=0)
     except tf.errors.OpError as exc:
-        raise PassGraphError(f"its graph cannot be serialized ({str(exc).splitlines()[0][:160]})") from exc
+        raise PassGraphError(f"its graph cannot be serialized ({first_line(exc)})") from exc
     graph = tf.compat.v1.GraphDef.FromString(serialized.numpy())
     nested = [n.op for f in graph.library.function for n in f.node_def if _reshuffles(n)]
     if nested:
@@ -95,4 +96,4 @@ def _fixed_seed_graph(dataset: tf.data.Dataset):
 
 
 def _reshuffles(node) -> bool:
-    return any(node.attr[name].b for name in _NEW_ORDER_EACH_PASS if name in node.attr)
+    return any(node.attr[name].b for name in NEW_ORDER_EACH_PASS if name in node.attr)

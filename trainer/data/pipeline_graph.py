@@ -27,7 +27,7 @@ _HANGS_WHEN_RESTORED = {"ParallelInterleaveDatasetV4": "a parallel interleave (n
                                                        "parallel map"}
 
 # attributes of ops that draw a new order each pass from a seed generator owned by the dataset
-_NEW_ORDER_EACH_PASS = ("reshuffle_each_iteration", "rerandomize_each_iteration")
+NEW_ORDER_EACH_PASS = ("reshuffle_each_iteration", "rerandomize_each_iteration")
 
 RESHUFFLES = ("a new random order each pass whose seed position TensorFlow's iterator checkpoint can lose (a "
               "reshuffling op other than a shuffle on the pipeline's main chain: under zip, concatenate, "
@@ -56,7 +56,7 @@ def checkpointable(dataset: tf.data.Dataset) -> tuple[tf.data.Dataset, Verdict]:
     hang = next((why for op, why in _HANGS_WHEN_RESTORED.items() if any(n.op == op for n in nodes)), None)
     if hang:
         return dataset, Verdict(hang)
-    reshuffling = sum(node.attr[name].b for node in nodes for name in _NEW_ORDER_EACH_PASS if name in node.attr)
+    reshuffling = sum(node.attr[name].b for node in nodes for name in NEW_ORDER_EACH_PASS if name in node.attr)
     shuffles = _once_per_pass_shuffles(dataset)
     if len(shuffles) != reshuffling:
         return dataset, Verdict(RESHUFFLES, replay=True)

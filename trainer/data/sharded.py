@@ -43,7 +43,6 @@ from .pipeline_graph import Verdict, checkpointable, first_line
 from .shard_plan import (
     UNKNOWN_LENGTH,
     Layout,
-    Split,
     Workers,
     batch_size_of,
     chain,
@@ -297,18 +296,17 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
         return None
     shards = choose_count(workers.requested, split, workers.count, per_pipeline is not None) \
         if split.reason is None else 0
-    if split.reason is None and not shards:
-        split = Split(reason=f"its {split.files or 'input'} files and batch of {split.batch} cannot be shared "
-                             f"evenly among {workers.count} workers; write the data in at least {workers.count} "
-                             "files")
-    if split.reason is not None:
-        log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, split.reason)
-        return None
-    layout = Layout(shards, split.batch, workers.count, workers.index)
-    try:
-        new = reader(layout)
-    except PassGraphError as exc:
-        log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, exc)
+    reason = split.reason or (None if shards else f"its {split.files or 'input'} files and batch of {split.batch} "
+                              f"cannot be shared evenly among {workers.count} workers; write the data in at least "
+                              f"{workers.count} files")
+    if reason is None:
+        layout = Layout(shards, split.batch, workers.count, workers.index)
+        try:
+            new = reader(layout)
+        except PassGraphError as exc:
+            reason = str(exc)
+    if reason is not None:
+        log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, reason)
         return None
     new.open()
     source = "input pipelines of the job's function" if per_pipeline else f"logical shards of its {split.files} files"
