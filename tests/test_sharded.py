@@ -423,7 +423,7 @@ def test_shard_counts_that_the_workers_cannot_share_are_refused(tmp_path, files,
     naming the counts that can; and a new run of 2 workers cannot be asked for 3 shards: exit 2.
     (Both refusals at once.)"""
     data = files["small"]
-    shutil.copytree(decoding[3][0], tmp_path / "run")
+    shutil.copytree(decoding["3"][0], tmp_path / "run")
     resumed = helpers.start_workers(_train(tmp_path / "run", data, tmp_path / "ledger.txt", "--epochs", "4",
                                            "--quiet"), 2)
     new = helpers.start_workers(_train(tmp_path / "new", data, tmp_path / "new.txt", "--data-shards", "3", "--quiet"), 2)
