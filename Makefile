@@ -4,7 +4,8 @@
 #   make docs    serve the documentation site on http://127.0.0.1:8000 (DOCS_ADDR=127.0.0.1:8001 for another port)
 # Options: make train RUN_DIR=runs/x ARGS="--epochs 3"; PYTHON=python3.11 make test; make test TEST_WORKERS=4
 # The tests run on TEST_WORKERS pytest-xdist workers, whole files to a worker (--dist loadfile), so that
-# a file's module fixtures (e.g. two-worker reference runs) are made once.
+# a file's module fixtures (e.g. two-worker reference runs) are made once; the longest files first
+# (--no-loadscope-reorder keeps tests/conftest.py's order).
 PYTHON ?= python3
 RUN_DIR ?= runs/fmnist
 ARGS ?=
@@ -33,7 +34,7 @@ train: setup
 
 test: setup-test
 	slurm/dev-cluster/start.sh
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 docs: setup-docs
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --dev-addr $(DOCS_ADDR) --watch trainer

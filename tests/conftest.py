@@ -79,6 +79,23 @@ def fault_report(request):
     request.node.user_properties.append((FAULTS, dict(counts)))
 
 
+# The files that take longest, longest first: `make test` hands whole files to its two xdist
+# workers in collection order (--dist loadfile --no-loadscope-reorder), and a long file that
+# starts last (the SLURM file runs its jobs one after another) would leave one worker idle.
+LONGEST_FIRST = ("test_slurm.py", "reliability/test_sigkill.py", "test_sharded.py", "test_streaming.py",
+                 "test_verify.py", "reliability/test_peer_kill.py", "test_multiworker.py", "test_replicas.py",
+                 "test_resume.py", "test_fit_api.py", "reliability/test_storage_faults.py",
+                 "reliability/test_signal_timing.py", "reliability/test_notices.py", "test_callback_state.py",
+                 "test_precision.py", "test_docs.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # (stable: each file's tests keep their order)
+
+
 _COUNTS: dict[str, dict] = {}
 
 

@@ -204,9 +204,17 @@ def test_slurm_warning_is_a_deadline_near_the_end_and_a_preemption_far_from_it()
             assert time.monotonic() < deadline
             time.sleep(0.01)
         d = Deadlines(stop, None, end_time, margin=5.0, clock=clock)
+        # (what a wait for the other workers asks, from any thread: it reads only)
+        assert d.stops_at_once(signal.SIGUSR1) == (expected is not None) and d.seen == []
         assert d.local({"position": 0, "global_step": 0}, 1).stop == expected
         if expected is None:
             assert d.active[0].source == "slurm" and d.active[0].deadline == end
+            assert d.signal_stop() is None and len(d.seen) == 1  # (taken once)
+        assert d.stops_at_once(signal.SIGTERM)
     plain = StopRequest(signals=())
     plain.handle(signal.SIGTERM)
     assert Deadlines(plain, None, None).local({}, 1).stop == signal.SIGTERM  # no deadline: at once
+    answer = threading.Event()
+    looking_up = Deadlines(StopRequest(signals=()), None, EndTime(lambda: answer.wait(30) and None, wait_s=3600))
+    assert not looking_up.stops_at_once(signal.SIGUSR1)  # (its end time not known yet: not for ever, see overdue)
+    answer.set()

@@ -96,6 +96,24 @@ def test_a_phase_that_ends_within_the_grace_leaves_the_stop_to_the_usual_path():
     assert exits.codes == [] and stop.signum == signal.SIGINT
 
 
+def test_a_signal_that_leaves_time_does_not_end_the_phase_until_it_stops():
+    """SLURM's warning near the job's end (``stops`` says no) leaves the phase to end by itself;
+    asked again at every poll, it ends the phase once it stops (the end time turned out far)."""
+    exits, leaves_time = Exits(), threading.Event()
+    leaves_time.set()
+    with StopRequest(abort=lambda signum: None) as stop, \
+            Guard("restoring", grace_s=0.2, exit=exits.exit, write=exits.write,
+                  stops=lambda signum: not leaves_time.is_set()):
+        _signal_soon(signal.SIGUSR1)
+        time.sleep(1.0)
+        assert exits.codes == [] and stop.signum == signal.SIGUSR1
+        leaves_time.clear()
+        deadline = time.monotonic() + 5
+        while not exits.codes and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert exits.codes == [128 + signal.SIGUSR1]
+
+
 def test_the_guard_exits_for_a_requeue_once_its_bound_passes():
     exits = Exits()
     with Guard("choosing the checkpoint", bound_s=0.2, awaited="the chief (worker 0)", exit=exits.exit,

@@ -420,13 +420,17 @@ def test_worker_count_changes_train_every_record_once_an_epoch(tmp_path, files, 
 # -- refusals ------------------------------------------------------------------------------------------
 def test_shard_counts_that_the_workers_cannot_share_are_refused(tmp_path, files, decoding):
     """The 3-shard run of 3 workers cannot be resumed (for a 4th epoch) by 2 workers: exit 3,
-    naming the counts that can; and a new run of 2 workers cannot be asked for 3 shards: exit 2.
-    (Both refusals at once.)"""
+    naming the counts that can; a new run of 2 workers cannot be asked for 3 shards: exit 2;
+    and a logical shard whose files are all empty ends its run with exit 4 naming it (the
+    check runs inside the compiled step). (The three at once.)"""
     data = files["small"]
     shutil.copytree(decoding["3"][0], tmp_path / "run")
     resumed = helpers.start_workers(_train(tmp_path / "run", data, tmp_path / "ledger.txt", "--epochs", "4",
                                            "--quiet"), 2)
     new = helpers.start_workers(_train(tmp_path / "new", data, tmp_path / "new.txt", "--data-shards", "3", "--quiet"), 2)
+    holes = Files(tmp_path / "holes", (24, 0, 24, 0), 24)  # (shard 1 of 2 reads files 1 and 3)
+    ledger_job.write_files(holes.folder, list(holes.sizes))
+    empty = helpers.start(_train(tmp_path / "empty", holes, tmp_path / "empty.txt", "--data-shards", "2", "--quiet"))
     codes, outputs = _outputs(resumed)
     assert codes == [errors.CHECKPOINT_ERROR] * 2, outputs
     assert all("read in 3 logical shards (fixed when the run started), which 2 workers cannot share evenly; "
@@ -436,6 +440,10 @@ def test_shard_counts_that_the_workers_cannot_share_are_refused(tmp_path, files,
     assert all("--data-shards 3 cannot be split evenly among 2 workers; with 3 logical shards the job can run on "
                "1 or 3 workers" in out for out in outputs), outputs
     assert not (tmp_path / "ledger.txt").exists() and not (tmp_path / "new.txt").exists()  # nothing trained
+    [code], [out] = _outputs([empty])
+    assert code == errors.DATA_ERROR, out
+    assert "logical shard 1 of the streamed pipeline has no records (its files are empty); use fewer --data-shards, " \
+        "or remove the empty files" in out and "Traceback" not in out, out
 
 
 def test_the_chief_never_combines_a_partial_state(tmp_path):

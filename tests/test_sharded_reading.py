@@ -122,6 +122,13 @@ def test_pipelines_that_cannot_be_split_say_why(files, caplog):
     with caplog.at_level(logging.WARNING, logger="trainer"):
         assert nested_source.iterator(0, 0) is not None and nested_source.reader is None
     assert "reads it whole (it reshuffles inside a function" in caplog.text
+    caplog.clear()  # of unknown length too: the reason it is never split, once, at its start
+    unknown_nested = from_job(nested, "train")
+    unknown_nested.bind(tf.distribute.get_strategy(), shard_plan.Workers(1, 0, 0, SHARDS))
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        assert unknown_nested.iterator(0, 0) is not None and unknown_nested.reader is None
+    assert "reads it whole (it reshuffles inside a function" in caplog.text, caplog.text
+    assert "in its first epoch" not in caplog.text, caplog.text
     oversized = from_job(lambda context: ledger_job._files_pipeline(
         ledger_job.Settings(batch_size=BATCH, files=str(files))), "train")  # ignores the context's batch size
     oversized.bind(tf.distribute.get_strategy(), shard_plan.Workers(1, 0, 0, SHARDS))

@@ -151,17 +151,17 @@ def _started(s: Session, fresh: bool, going_back) -> Result:
         s.requests.close()
         run.writers.close()
         run.events.close()
-        run.events.close()
 
 
 def _waiting(s: Session, phase: str, bounded: bool = True):
     """A guard (see :mod:`trainer.steering.blocking`) for a phase that waits in a collective for
-    the other workers: a stop signal ends it, and so, if ``bounded``, does --peer-timeout-seconds.
+    the other workers: a stop signal ends it (not a SLURM warning that leaves time to train: the
+    loop uses that time), and so, if ``bounded``, does --peer-timeout-seconds.
     Nothing to guard with one worker."""
     if s.cluster.workers == 1:
         return contextlib.nullcontext()
     awaited = "the other workers" if s.chief else "the chief (worker 0)"
-    return Guard(phase, s.cfg.peer_timeout_seconds if bounded else None, awaited)
+    return Guard(phase, s.cfg.peer_timeout_seconds if bounded else None, awaited, stops=s.deadlines.stops_at_once)
 
 
 def _build(s: Session) -> Built:

@@ -65,11 +65,13 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
     ``--from``; the session and the rollback to make (on the chief)."""
     if fresh and rollback_to:
         raise ConfigError("from", "cannot be combined with --fresh", "--fresh starts over; --from goes back")
-    end_time = slurm_end_time()  # (a warning may come during start-up: the lookup starts first)
+    # (a warning may come during start-up: the end time's lookup starts first, and the wait for
+    # the other workers goes on through a warning that leaves time to train)
+    deadlines = Deadlines(stop, None, slurm_end_time(), cfg.notice_margin_seconds)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     # before any other TF op; waits for every worker (at most cfg.peer_timeout_seconds)
-    cluster = distribute.setup(cfg.strategy, cfg.cpu_devices, cfg.peer_timeout_seconds, lambda: stop.signum,
+    cluster = distribute.setup(cfg.strategy, cfg.cpu_devices, cfg.peer_timeout_seconds, deadlines.signal_stop,
                                lambda: held_during_connect(stop))
     if cluster.workers > 1:
         log.info("%s", cluster.role())  # (after the handlers are back: a test may signal us on this line)
@@ -82,7 +84,7 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
     going_back = (rollback.plan(storage, rollback_to, os.environ.get("SLURM_JOB_ID"))
                   if rollback_to and cluster.is_chief else None)
     # (last: nothing above may fail with the watcher's threads started)
-    deadlines = Deadlines(stop, Watcher.for_choice(cfg.notices).start(), end_time, cfg.notice_margin_seconds)
+    deadlines.watcher = Watcher.for_choice(cfg.notices).start()
     return Session(cfg, job, stop, resume_command, cluster, storage, requests, deadlines), going_back
 
 

@@ -91,7 +91,7 @@ def inspect(dataset: tf.data.Dataset, verdict: Verdict, per_pipeline: bool = Fal
         return Split(reason="it does not start from a list of files (from_tensor_slices(files) or "
                             "list_files, then interleave or a reader such as TFRecordDataset)")
     if not known_length and int(dataset.cardinality()) < 1:
-        return Split(reason=UNKNOWN_LENGTH)
+        return Split(batch=batch, files=files, reason=UNKNOWN_LENGTH)  # (it can be split once the length is known)
     return Split(batch=batch, files=files)
 
 

@@ -43,6 +43,7 @@ from .pipeline_graph import Verdict, checkpointable, first_line
 from .shard_plan import (
     UNKNOWN_LENGTH,
     Layout,
+    Split,
     Workers,
     batch_size_of,
     chain,
@@ -50,7 +51,7 @@ from .shard_plan import (
     inspect,
     resume_layout,
 )
-from .sources import DataError, Replicas, share
+from .sources import DataError, Replicas, in_step, share
 
 log = logging.getLogger("trainer")
 
@@ -91,8 +92,8 @@ class Shard:
             self.iterator = iter(self._passes(max(position.passes - 1, 0), position.taken if position.passes else 0))
 
     def _passes(self, first: int, skip: int) -> tf.data.Dataset:
-        empty = (f"logical shard {self.index} of the streamed pipeline has no records (its files are empty); use "
-                 "fewer --data-shards, or remove the empty files")
+        empty = in_step(f"logical shard {self.index} of the streamed pipeline has no records (its files are "
+                        "empty); use fewer --data-shards, or remove the empty files")
         passes = self.pipeline.passes(first, skip, empty).prefetch(_PREFETCH_MICRO_BATCHES)  # (across passes' ends)
         return passes.with_options(_AS_WRITTEN)
 
@@ -206,7 +207,7 @@ class ShardedReader:
                        "input_context.get_per_replica_batch_size(global_batch_size)")
             if tf.executing_eagerly() and int(size) > micro:
                 raise DataError(message.replace("more than", f"{int(size)}, more than"))
-            tf.debugging.assert_less_equal(size, micro, message=message)
+            tf.debugging.assert_less_equal(size, micro, message=in_step(message))
 
     def positions(self) -> dict[int, Position]:
         """Where each of this worker's shards is: passes begun, micro-batches taken in the last."""
@@ -288,17 +289,7 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
     if not begins or not workers.shards_new_runs() or (saved and at == (0, 0)):
         return None
     split = inspect(stream, verdict, per_pipeline is not None, known_length)
-    if split.reason == UNKNOWN_LENGTH:
-        log.warning("%s is read whole by every worker in its first epoch: its length is unknown until its first "
-                    "pass ends, and every worker must end an epoch at the same step; from the second epoch on each "
-                    "worker reads only its share (dataset.apply(tf.data.experimental.assert_cardinality(N)) states "
-                    "the length beforehand: shards from the first step)", what)
-        return None
-    shards = choose_count(workers.requested, split, workers.count, per_pipeline is not None) \
-        if split.reason is None else 0
-    reason = split.reason or (None if shards else f"its {split.files or 'input'} files and batch of {split.batch} "
-                              f"cannot be shared evenly among {workers.count} workers; write the data in at least "
-                              f"{workers.count} files")
+    shards, reason = _new_count(split, workers, per_pipeline is not None)
     if reason is None:
         layout = Layout(shards, split.batch, workers.count, workers.index)
         try:
@@ -308,10 +299,28 @@ def open_reader(stream: tf.data.Dataset, verdict: Verdict, what: str, workers: W
     if reason is not None:
         log.warning("%s cannot be read in logical shards, so every worker reads it whole (%s)", what, reason)
         return None
+    if split.reason == UNKNOWN_LENGTH:  # (checked whole: it will be split where the second epoch begins)
+        log.warning("%s is read whole by every worker in its first epoch: its length is unknown until its first "
+                    "pass ends, and every worker must end an epoch at the same step; from the second epoch on each "
+                    "worker reads only its share (dataset.apply(tf.data.experimental.assert_cardinality(N)) states "
+                    "the length beforehand: shards from the first step)", what)
+        return None
     new.open()
     source = "input pipelines of the job's function" if per_pipeline else f"logical shards of its {split.files} files"
     log.info("reading %s in %d %s; this worker reads shards %s", what, shards, source, _span(layout.owned()))
     return new
+
+
+def _new_count(split: Split, workers: Workers, per_pipeline: bool) -> tuple[int, str | None]:
+    """(the logical shards of a new run, or why there can be none). A pipeline of unknown length
+    gets its count now, so that a run which will not split it says so at its start."""
+    if split.reason is not None and split.reason != UNKNOWN_LENGTH:
+        return 0, split.reason
+    shards = choose_count(workers.requested, split, workers.count, per_pipeline)
+    if not shards:
+        return 0, (f"its {split.files or 'input'} files and batch of {split.batch} cannot be shared evenly among "
+                   f"{workers.count} workers; write the data in at least {workers.count} files")
+    return shards, None
 
 
 def _span(shards: range) -> str:

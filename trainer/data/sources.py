@@ -24,8 +24,9 @@ k batches already trained on. Three ways to say where the data comes from:
 Under a distribution strategy every process prepares only its replicas'
 shares of each global batch (sizes as even as possible, computed from the
 global batch, so the split never depends on how many batches were skipped);
-except a plain ``tf.data.Dataset``, which every process reads whole, taking
-its replicas' shares of each batch (see ``streaming``).
+except a plain ``tf.data.Dataset``: each worker reads only its logical shards of
+a pipeline of files (see ``sharded``); one that cannot be split is read whole by
+every process, which takes its replicas' shares of each batch (see ``streaming``).
 Which of these a job's value is, is decided in ``accepted.py``.
 """
 from __future__ import annotations
@@ -49,6 +50,23 @@ PREFETCH_BATCHES = 2
 
 class DataError(TrainerError, RuntimeError, exit_code=DATA_ERROR):
     """The dataset is missing or damaged; the message names the file and a fix (exit code 4)."""
+
+
+_IN_STEP = "data check: "  # (begins the message of a check that runs inside the compiled step)
+
+
+def in_step(message: str) -> str:
+    """``message`` for a ``tf.debugging`` assertion on the data inside the compiled step, whose
+    failure then ends the run as the :class:`DataError` it stands for (:func:`failed_in_step`)."""
+    return _IN_STEP + message
+
+
+def failed_in_step(exc: tf.errors.InvalidArgumentError) -> DataError | None:
+    """The DataError of an :func:`in_step` check that failed in ``exc`` (TensorFlow wraps the
+    message: ``assertion failed: [message] [Condition ...]``); None for any other error."""
+    text = str(exc.message)
+    at = text.find(_IN_STEP)
+    return None if at < 0 else DataError(text[at + len(_IN_STEP):].split("]")[0])
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ a signal's handler only once the main thread is back in the interpreter:
   number (a second signal: at once). With a bound, it also exits with the
   lost-worker code once the phase has waited that long. Nothing is left to
   save in these phases (nothing trained yet, or this worker's part of the end done).
+  A signal its caller says leaves time (SLURM's warning near the job's end
+  time) does not end the phase: the loop trains in that time.
 """
 from __future__ import annotations
 
@@ -59,8 +61,10 @@ class Guard:
 
     def __init__(self, phase: str, bound_s: float | None = None, awaited: str = "the other workers",
                  grace_s: float = GRACE_S, exit: Callable[[int], None] = os._exit,
-                 write: Callable[[str], None] = _write, clock: Callable[[], float] = time.monotonic):
+                 write: Callable[[str], None] = _write, clock: Callable[[], float] = time.monotonic,
+                 stops: Callable[[int], bool] = lambda signum: True):
         self.phase, self.bound_s, self.awaited, self.grace_s = phase, bound_s, awaited, grace_s
+        self._stops = stops  # (whether a signal ends the phase: a notice with time to spare does not)
         self._exit, self._write, self._clock = exit, write, clock
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,10 +89,11 @@ class Guard:
 
     def _watch(self) -> None:
         deadline = self._clock() + self.bound_s if self.bound_s is not None else None
+        received = None  # (a signal that did not stop the phase may yet: asked again at every poll)
         while not self._done.is_set():
-            signum = self._next_signal(POLL_S)
-            if signum is not None:
-                self._signalled(signum)
+            received = self._next_signal(POLL_S) or received
+            if received is not None and self._stops(received):
+                self._signalled(received)
                 return
             if deadline is not None and self._clock() >= deadline:
                 self._write(f"ERROR {self.awaited} did not answer within {self.bound_s:g} s while {self.phase} "

@@ -79,21 +79,33 @@ class Deadlines:
 
     # -- deciding ---------------------------------------------------------
     def signal_stop(self) -> int | None:
-        """A received signal that stops at once: any but SLURM's time-limit warning with the job's
-        end time known (that one becomes a notice with a deadline)."""
+        """A received signal that stops at once (see ``stops_at_once``); SLURM's time-limit
+        warning with the job's end time known becomes a notice with a deadline instead."""
         signum = self.stop.signum
         if signum is None or self._signal_taken:
             return None
-        if self.end_time is None or signum != SLURM_WARNING:
+        if self.stops_at_once(signum):
             return signum
-        if not self.end_time.known:  # (looked up since the run started: wait a little, not for ever)
-            return signum if self.end_time.overdue else None
-        deadline = slurm_deadline(signum, self.clock(), self.end_time.value, SLURM_WARNING, SLURM_WARNING_WINDOW_S)
-        if deadline is None:
-            return signum
-        self._signal_taken = True
-        self._take(Notice("slurm", deadline, detail="job ends", signum=signum))
+        deadline = self._slurm_deadline(signum)
+        if deadline is not None:  # (else its end time is still being looked up: a little longer)
+            self._signal_taken = True
+            self._take(Notice("slurm", deadline, detail="job ends", signum=signum))
         return None
+
+    def stops_at_once(self, signum: int) -> bool:
+        """Whether ``signum`` ends the run (or a wait for the other workers) at once: any signal but
+        SLURM's time-limit warning near the job's end time, which leaves time to use. Reads
+        only, so a thread that watches a wait may ask."""
+        if self.end_time is None or signum != SLURM_WARNING:
+            return True
+        if not self.end_time.known:  # (looked up since the run started: wait a little, not for ever)
+            return self.end_time.overdue
+        return self._slurm_deadline(signum) is None
+
+    def _slurm_deadline(self, signum: int) -> float | None:
+        if not self.end_time.known:
+            return None
+        return slurm_deadline(signum, self.clock(), self.end_time.value, SLURM_WARNING, SLURM_WARNING_WINDOW_S)
 
     def local(self, where: dict, steps_ahead: int, extra_seconds: float = 0.0) -> Local:
         """This worker's view at a boundary (``where``: the position, for the records): new notices

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..cluster.distribute import Agreement, Decisions
-from ..data.sources import SINGLE, DataError, Replicas
+from ..data.sources import SINGLE, DataError, Replicas, failed_in_step
 from ..steering.requests import LrRequests
 from ..steering.signals import StopRequest
 from . import execution
@@ -110,13 +110,13 @@ class Loop:
         argument)."""
         strategy, agreement = self.strategy, self.agreement
         if not agreement.fused:
-            return execute, None
+            return _data_checked(execute), None
 
         @tf.function(reduce_retracing=True)
         def agreeing(*args):
             *inputs, flags = args
             return execute(*inputs), agreement.reduce_in_step(strategy, flags)
-        return execute, agreeing
+        return _data_checked(execute), _data_checked(agreeing)
 
     def _one_step(self, step_fn):
         strategy, model = self.strategy, self.model
@@ -238,7 +238,6 @@ class Loop:
                                                          agreement.every)
         if agreeing:  # (decided before the execution: a stop must leave room for it and the next agreement)
             local = self._local(count + agreement.every + self.steps_per_execution - 1, steps)
-        if agreeing:
             logs, agreed = agreeing_fn(*inputs, agreement.local_flags(local))
         else:
             logs = plain(*inputs)
@@ -478,6 +477,21 @@ def _steps_to_end(step, feed, more: int, logs) -> tuple:
 
 def _as_is(batch):
     return batch
+
+
+def _data_checked(execute):
+    """``execute``, where a check on the data inside it fails (an empty logical shard, a job's
+    input pipeline that batches more than its share) ending as the DataError it stands for
+    (exit 4) instead of TensorFlow's error."""
+    def checked(*args):
+        try:
+            return execute(*args)
+        except tf.errors.InvalidArgumentError as exc:
+            error = failed_in_step(exc)
+            if error is None:
+                raise
+            raise error from None
+    return checked
 
 
 def _should_validate(epoch: int, validation_freq) -> bool:
