@@ -21,6 +21,19 @@ def test_first_run_prints_no_tensorflow_start_up_noise(tmp_path):
     assert "training complete: 1 epochs" in result.stdout
 
 
+def test_tensorflow_is_imported_without_keras_extras_which_a_job_can_still_import():
+    """`import tensorflow` loads scikit-learn, IPython and matplotlib.pyplot through Keras when they
+    are installed (scikit-learn and matplotlib are, here); a training process hides them during that
+    import, and a job imports them afterwards as usual."""
+    code = ("import sys; from trainer import cli; cli.import_tensorflow(quiet=True); "
+            "print(sorted(name for name in cli.KERAS_EXTRAS if name in sys.modules)); "
+            "import sklearn.datasets, matplotlib.pyplot, keras; print(sklearn.datasets.load_digits().data.shape)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=helpers.env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "(1797, 64)"], result.stdout
+
+
 def test_console_script_and_job_settings_in_help():
     script = shutil.which("trainer", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     assert script, "the `trainer` console script is not installed (pip install -e .)"

@@ -206,16 +206,33 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with the process's native stderr pointed at /dev/null: since 2.21 its
-    start-up lines (absl, oneDNN, CPU features) ignore TF_CPP_MIN_LOG_LEVEL. A failing import
-    still raises, and its traceback is printed after stderr is back."""
+# Keras's optional integrations, which `import tensorflow` loads eagerly whenever they are installed:
+# scikit-learn (keras.wrappers), IPython (notebook display in keras.saving) and matplotlib.pyplot
+# (keras.visualization). A training process uses none of them, and they make up about a third of
+# the import's time, paid again at every start and requeue.
+KERAS_EXTRAS = ("sklearn", "IPython", "matplotlib.pyplot")
+
+
+def import_tensorflow(quiet: bool) -> None:
+    """Import TensorFlow for a training process, before the job does.
+
+    Keras imports each of KERAS_EXTRAS only if it is installed; they are hidden during the
+    import (Keras then takes them as not installed) and visible again right after, so a job
+    imports them as usual. Quiet: the process's native stderr points at /dev/null meanwhile,
+    since TensorFlow's start-up lines (absl, oneDNN, CPU features) ignore TF_CPP_MIN_LOG_LEVEL;
+    a failing import still raises, and its traceback is printed after stderr is back."""
+    hidden = [name for name in KERAS_EXTRAS if name not in sys.modules]
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        sys.modules.update(dict.fromkeys(hidden))  # None: `import name` raises ImportError
+        if quiet:
+            os.dup2(devnull, 2)
         import tensorflow  # noqa: F401
     finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
@@ -232,8 +249,7 @@ def parse_train(argv: list[str]):
     setup_logging(known.verbose)
     if known.run_dir and not {"-h", "--help"} & set(argv):
         rundir.precheck_training(known.run_dir)  # before the job's slow imports
-    if not known.verbose:
-        import_tensorflow_quietly()
+    import_tensorflow(quiet=not known.verbose)
     job = load(known.job)
     args = train_parser(job).parse_args(argv)
     job_values = {}

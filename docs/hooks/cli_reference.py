@@ -102,7 +102,7 @@ def _job_settings(cli) -> str:
     """The default job's settings: the flags `train --help` adds once the job is loaded."""
     from trainer.job import load
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cli.import_tensorflow_quietly()  # the default job imports TensorFlow: without its start-up lines
+    cli.import_tensorflow(quiet=True)  # the default job imports TensorFlow: without its start-up lines
     job = load(None)
     generic = {s for a in cli.train_parser()._actions for s in a.option_strings}
     presets = ", ".join(f"`{p}`" for p in job.presets)
