@@ -57,7 +57,7 @@ class Snapshot:
         pairs = [(self._shadow[g][p], _value(v)) for g, vs in saved.items() for p, v in vs.items()]
         self.variables = [copy for copy, _ in pairs]  # where a save's copy lives
 
-        @tf.function
+        @tf.function(autograph=False)  # (plain Python: nothing for AutoGraph to convert, at each start)
         def take():  # one graph call instead of hundreds of eager assigns
             for copy, live in pairs:
                 copy.assign(live)

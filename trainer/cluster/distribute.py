@@ -137,7 +137,7 @@ class CollectiveAgreement(Agreement):
         if self._share_fn is None:
             strategy = self.strategy
 
-            @tf.function
+            @tf.function(autograph=False)  # (no control flow: spare each start AutoGraph's conversion)
             def agree(flags):
                 return self.reduce_in_step(strategy, flags)
             self._share_fn = agree
@@ -191,7 +191,7 @@ class BytesGather:
 
         def gathered(value):
             return strategy.run(lambda v: tf.distribute.get_replica_context().all_gather(v[None], 0), args=(value,))
-        self._gathered = tf.function(gathered, reduce_retracing=True)
+        self._gathered = tf.function(gathered, reduce_retracing=True, autograph=False)
 
     def _per_replica(self, value, nothing):
         first = self.first

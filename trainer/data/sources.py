@@ -142,6 +142,7 @@ class ArrayData:
             return np.arange(self.num_examples)
         return np.random.default_rng([seed, epoch]).permutation(self.num_examples)
 
+    @tf.autograph.experimental.do_not_convert  # (no control flow: spare each start AutoGraph's conversion)
     def _gather(self, index: tf.Tensor):
         return _pack(self.structure, iter([t.gather(index) for t in self._tables]))
 

@@ -112,7 +112,7 @@ class Loop:
         if not agreement.fused:
             return _data_checked(execute), None
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)  # (no control flow of its own)
         def agreeing(*args):
             *inputs, flags = args
             return execute(*inputs), agreement.reduce_in_step(strategy, flags)
@@ -129,10 +129,11 @@ class Loop:
 
     def _execution_function(self, step_fn):
         """``count`` steps of ``step_fn`` in one call (a tensor, so a shorter execution does not
-        retrace); the last step's logs. With one step per execution the graph has no loop."""
+        retrace); the last step's logs. With one step per execution the graph has no loop, and
+        AutoGraph, which only the loop needs, is spared (``one_step`` converts the model's code)."""
         one_step, single = self._one_step(step_fn), self.steps_per_execution == 1
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=not single)
         def execute(iterator, count):
             logs = one_step(next(iterator))
             if not single:
@@ -502,6 +503,7 @@ def _should_validate(epoch: int, validation_freq) -> bool:
     return epoch + 1 in validation_freq
 
 
+@tf.autograph.experimental.do_not_convert  # (no control flow: spare each start AutoGraph's conversion)
 def _first_local(strategy, outputs):
     """Step logs as this process's first replica saw them: no collective per step (an epoch's
     logs come from the metrics, aggregated over every replica, unless the step names its logs
