@@ -22,7 +22,7 @@ def test_first_run_prints_no_tensorflow_start_up_noise(tmp_path):
 
 
 def test_tensorflow_is_imported_without_keras_extras_which_a_job_can_still_import():
-    """`import tensorflow` loads scikit-learn, IPython and matplotlib.pyplot through Keras when they
+    """`import tensorflow` loads scikit-learn, IPython and matplotlib through Keras when they
     are installed (scikit-learn and matplotlib are, here); a training process hides them during that
     import, and a job imports them afterwards as usual."""
     code = ("import sys; from trainer import cli; cli.import_tensorflow(quiet=True); "

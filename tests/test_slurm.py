@@ -6,8 +6,9 @@ The time-limit runs cannot finish early on a fast machine: each batch of the use
 takes at least ``--sleep-s``. The warning signal carries the job's end time, and the
 trainer trains until the last step that leaves a save and ``--notice-margin-seconds``
 (5) before it: an allocation of one minute gives less than 55 s of training, and a run
-of 1344 steps of 82 ms needs 110 s: at least two requeues on any machine, for one task
-as for two. SLURM may send the warning up to 60 s earlier than
+of 336 steps of 330 ms needs 110 s: at least two requeues on any machine, for one task
+as for two. (Few, slow steps: the uninterrupted reference runs, which do not sleep, stay
+short.) SLURM may send the warning up to 60 s earlier than
 asked (sbatch(1), --signal), so an allocation may also stop during start-up; the
 assertions hold for that branch too."""
 import json
@@ -24,8 +25,8 @@ from tests import helpers
 
 pytestmark = pytest.mark.slurm
 
-LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 64 steps
-SLOWER = ["--sleep-s", "0.082"]
+LONG = ["--examples", "512", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 16 steps
+SLOWER = ["--sleep-s", "0.33"]
 MARGIN = 5.0  # the default --notice-margin-seconds
 USED = re.compile(r"SLURM time limit warning: job ends at \S+; trained (\d+) more steps?; checkpoint ckpt-\d+, "
                   r"(\d+) s before the deadline")
@@ -194,8 +195,8 @@ def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser,
     run_dir = tmp_path / "run"
     # submitit's warning goes to the Python process itself, which dies of it if it lands before
     # submitit's handler exists: 2 minutes with the warning at 40 s put it 20 to 80 s after
-    # the start (SLURM's minute of slack), and 1344 steps of 64 ms (86 s) cannot fit in 80.
-    job = launch(["--run-dir", str(run_dir), "--job", job_file, *LONG, "--sleep-s", "0.064"],
+    # the start (SLURM's minute of slack), and 336 steps of 256 ms (86 s) cannot fit in 80.
+    job = launch(["--run-dir", str(run_dir), "--job", job_file, *LONG, "--sleep-s", "0.256"],
                  folder=str(tmp_path / "submitit" / "%j"), cluster="slurm",
                  timeout_min=2, signal_delay_s=40, slurm_partition="debug", cpus_per_task=2)
     metrics = job.result()

@@ -207,10 +207,10 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 # Keras's optional integrations, which `import tensorflow` loads eagerly whenever they are installed:
-# scikit-learn (keras.wrappers), IPython (notebook display in keras.saving) and matplotlib.pyplot
+# scikit-learn (keras.wrappers), IPython (notebook display in keras.saving) and matplotlib
 # (keras.visualization). A training process uses none of them, and they make up about a third of
 # the import's time, paid again at every start and requeue.
-KERAS_EXTRAS = ("sklearn", "IPython", "matplotlib.pyplot")
+KERAS_EXTRAS = ("sklearn", "IPython", "matplotlib")
 
 
 def import_tensorflow(quiet: bool) -> None:

@@ -20,7 +20,7 @@ import pytest
 from tests import helpers
 from tests.metadata_stubs import AwsImds, AzureEvents, GceMetadata, Platform
 
-LONG = ["--examples", "2048", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 64 steps (test_slurm's)
+LONG = ["--examples", "512", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 16 steps (test_slurm's)
 MARGIN = 5.0  # the default --notice-margin-seconds
 DECISION = re.compile(r"stopping before the deadline: ([\d.]+) s left; \d+ step\(s\) take ([\d.]+) s, "
                       r"(?:an epoch's turn ([\d.]+) s, )?a save ([\d.]+) s")
@@ -100,7 +100,7 @@ def test_notices_from_each_cloud_are_used_and_the_run_resumes_bitwise(tmp_path, 
     reference = uninterrupted("slurm-long", ["--job", str(job), *LONG])
     run_dir = tmp_path / "run"
     args = ["train", "--run-dir", str(run_dir), "--job", str(job), *LONG]
-    slow = [*args, "--sleep-s", "0.05"]  # 20 steps a second at most: 1344 steps outlast the three windows
+    slow = [*args, "--sleep-s", "0.2"]  # 5 steps a second at most: 336 steps outlast the three windows
 
     def rebalance_first(proc):  # advisory: one save, training goes on
         stubs["aws"].recommend_rebalance()
@@ -145,7 +145,7 @@ def test_two_workers_stop_together_before_a_notice_only_one_of_them_got(tmp_path
     job = helpers.user_job(tmp_path / "elsewhere")
     garbage = AwsImds()
     garbage.fault = "garbage"
-    args = ["train", "--run-dir", str(tmp_path / "run"), "--job", str(job), *LONG, "--sleep-s", "0.05",
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--job", str(job), *LONG, "--sleep-s", "0.2",
             "--log-every-steps", "1"]
     hosts = [f"127.0.0.1:{p}" for p in helpers.free_ports(2)]
     envs = [{**watching(stubs, "aws"), "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://{garbage.address}"},
