@@ -12,7 +12,9 @@
 # time-limit warning: the trainer commits a checkpoint at once, trains on, and
 # commits and exits at the last step that leaves a save and --notice-margin-seconds
 # (5) before the end time. Any other signal: it finishes its step, commits a
-# checkpoint and exits. Either way with 128+signal.
+# checkpoint and exits. Either way with 128+signal. A signal that comes while the trainer
+# starts (before it, or in its first HOLD_S seconds, when its Python may not have its
+# handlers yet and would die of it) is forwarded once those seconds are over.
 # `python -m trainer.cluster.requeue <code>` then decides:
 #   0 done, 2-5 bad input/unusable run  -> no requeue, exit with the code
 #   128+N stopped after a checkpoint    -> `scontrol requeue`, exit 0
@@ -60,7 +62,8 @@ tasks=${SLURM_NTASKS:-1}
 launch=("$PY" -m trainer train "${args[@]}")
 [ "$tasks" -gt 1 ] && launch=(srun --kill-on-bad-exit=0 "${launch[@]}")
 
-phase=start child= pending= caught=
+HOLD_S=5   # from the launch until the trainer's handlers surely exist
+phase=start child= pending= caught= launched=
 send() {
     if [ "$tasks" -gt 1 ]; then
         scancel --signal="$1" "${SLURM_JOB_ID}"   # every task of the job step
@@ -68,20 +71,27 @@ send() {
         kill -s "$1" "$child" 2>/dev/null
     fi
 }
+hold() {   # send $1 once the trainer has had HOLD_S seconds to install its handlers
+    local left=$((launched + HOLD_S - SECONDS))
+    log "received SIG$1 while the trainer starts; forwarding it in ${left} s, once its handlers exist"
+    ( sleep "$left"; send "$1" ) &
+}
 forward() {
     caught=1
     case $phase in
-        start) pending=$1; log "received SIG$1 before the trainer started; forwarding it at start" ;;
-        run) log "received SIG$1; forwarding to the trainer ($tasks task(s), pid $child)"; send "$1" ;;
+        start) pending=$1; log "received SIG$1 before the trainer started; forwarding it once it can take it" ;;
+        run) if [ $((SECONDS - launched)) -lt "$HOLD_S" ]; then hold "$1"; else
+                 log "received SIG$1; forwarding to the trainer ($tasks task(s), pid $child)"; send "$1"; fi ;;
         *) log "received SIG$1 after the trainer exited" ;;
     esac
 }
 for sig in USR1 USR2 TERM INT; do trap "forward $sig" "$sig"; done
 
 [ "$tasks" -gt 1 ] && log "$tasks tasks: one worker each, started with srun"
+launched=$SECONDS
 "${launch[@]}" &
 child=$! phase=run
-[ -n "$pending" ] && send "$pending"
+[ -n "$pending" ] && hold "$pending"
 while :; do
     caught=
     wait "$child"; rc=$?

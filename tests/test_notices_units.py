@@ -218,3 +218,32 @@ def test_slurm_warning_is_a_deadline_near_the_end_and_a_preemption_far_from_it()
     looking_up = Deadlines(StopRequest(signals=()), None, EndTime(lambda: answer.wait(30) and None, wait_s=3600))
     assert not looking_up.stops_at_once(signal.SIGUSR1)  # (its end time not known yet: not for ever, see overdue)
     answer.set()
+
+
+def test_the_slurm_end_time_is_looked_up_again_while_squeue_fails(caplog):
+    """A squeue that fails (slurmctld busy, or the warning signal itself hitting the squeue that
+    is asking) is asked again; one that keeps failing gives up once its wait is over."""
+    import subprocess
+
+    from trainer.steering.notices import EndTime
+
+    def wait_known(end_time):
+        deadline = time.monotonic() + 30
+        while not end_time.known:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return end_time
+    answers = [subprocess.SubprocessError("squeue exited with -10: "), OSError("no squeue"), 1234.0]
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        answer = answers[len(calls) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    assert wait_known(EndTime(flaky, wait_s=30, retry_s=0.05)).value == 1234.0 and len(calls) == 3
+    with caplog.at_level(logging.WARNING):
+        failing = wait_known(EndTime(lambda: (_ for _ in ()).throw(OSError("no squeue")), wait_s=0.3,
+                                     retry_s=0.05))
+    assert failing.value is None and "could not read the SLURM job's end time (no squeue)" in caplog.text

@@ -98,3 +98,18 @@ def test_the_launcher_requeues_a_lost_worker_inside_slurm_only():
     assert not _requeued(errors.PEER_LOST, {}, run) and not calls
     assert _requeued(errors.PEER_LOST, {"SLURM_JOB_ID": "123"}, run)
     assert calls == [["scontrol", "requeue", "123"]]
+
+
+def test_a_failing_squeue_raises_and_the_stop_still_requeues(capsys):
+    class Busy(FakeSlurm):
+        def __call__(self, cmd, **kw):
+            if cmd[0] == "squeue":
+                self.calls.append(cmd)
+                return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Socket timed out on send/recv\n")
+            return super().__call__(cmd, **kw)
+    with pytest.raises(subprocess.SubprocessError, match="squeue exited with 1: Socket timed out"):
+        requeue.job_end_time("3", Busy())
+    assert requeue.job_end_time("3", FakeSlurm(end_time="N/A")) is None  # (no time limit)
+    fake = Busy()
+    assert requeue.main(["138"], env={"SLURM_JOB_ID": "3"}, run=fake, clock=lambda: 0.0) == 0
+    assert fake.calls[-1] == ["scontrol", "requeue", "3"] and "(preemption)" in capsys.readouterr().out

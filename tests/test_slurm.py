@@ -129,7 +129,8 @@ def test_sbatch_time_limit_requeues_until_done_bitwise_equal(slurm_cluster, rele
     assert len(requeues) >= 2, log
     assert "timeout" in requeues
     # The warning's time is used: training goes on until a step and a save before the margin
-    # (unless the warning came before the trainer's handlers, which then ends it at once).
+    # (train.sh holds a warning that comes while the trainer starts until its handlers exist;
+    # only a start-up that outlasts the allocation ends with SLURM's SIGTERM and no stop line).
     used = 0
     for part in allocations(log)[:-1]:
         stop, decision = USED.search(part), DECISION.search(part)
@@ -175,8 +176,8 @@ def test_two_task_job_requeues_on_its_time_limit_and_ends_bitwise_equal(slurm_cl
     in_training = 0
     for part in starts[:-1]:
         # Both workers stop at the same place. (SLURM may send the warning up to a minute early,
-        # so it can land during start-up; or even before the workers' handlers exist, when the
-        # signal itself ends both, with the same code: then neither prints a stop line.)
+        # so it can land during start-up: train.sh holds it until the workers' handlers exist.
+        # Neither prints a stop line only if start-up outlasted the allocation.)
         places = re.findall(r"stopped at (start-up, before training|epoch \d+ step \d+/\d+ \(global step \d+\));",
                             part)
         assert places == [] or (len(places) == 2 and places[0] == places[1]), part
@@ -274,3 +275,19 @@ def test_crashing_job_is_not_requeued_forever(slurm_cluster, releaser, tmp_path)
     log = (tmp_path / f"slurm-crash-{job}.out").read_text()
     assert len(re.findall(r"\] requeueing job \d+: crash", log)) == 2, log
     assert "not requeueing job" in log and "after 2 restarts" in log
+
+
+def test_a_signal_while_the_trainer_starts_waits_for_its_handlers(slurm_cluster, tmp_path):
+    """The "trainer" sends SIGUSR1 to train.sh at its first moment and installs its handler two
+    seconds later: forwarded at once, the signal would end it; train.sh holds it until then."""
+    fake = tmp_path / "slow-to-trap-python"
+    fake.write_text("#!/bin/sh\nif [ \"$2\" = trainer ]; then\n  kill -USR1 $PPID\n  sleep 2\n"
+                    "  trap 'echo handled SIGUSR1; exit 0' USR1\n  while :; do sleep 0.1; done\nfi\n"
+                    "exec python3 \"$@\"\n")
+    fake.chmod(0o755)
+    job = sbatch(tmp_path, "--job-name=early", str(helpers.ROOT / "slurm/train.sh"), "--run-dir", "x",
+                 env={"TRAINER_PYTHON": str(fake)})
+    assert wait_done(job, timeout=300) == "COMPLETED"
+    log = (tmp_path / f"slurm-early-{job}.out").read_text()
+    assert re.search(r"received SIGUSR1 while the trainer starts; forwarding it in [45] s", log), log
+    assert "handled SIGUSR1" in log and "trainer exited with code 0" in log, log

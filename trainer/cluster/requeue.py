@@ -73,14 +73,24 @@ def job_target(env) -> str:
 
 
 def job_end_time(job: str, run=subprocess.run) -> float | None:
-    """The job's scheduled end (time limit) from squeue, as a UNIX time."""
+    """The job's scheduled end (time limit) from squeue, as a UNIX time; None for a job without
+    one. A failing squeue (e.g. slurmctld too busy to answer) raises SubprocessError."""
     out = run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise subprocess.SubprocessError(f"squeue exited with {out.returncode}: {out.stderr.strip()[:200]}")
     text = out.stdout.strip()
-    if out.returncode != 0 or not text or text in ("N/A", "NONE", "Unknown"):
+    if not text or text in ("N/A", "NONE", "Unknown"):
         return None
     try:
         return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
+        return None
+
+
+def _end_time_or_none(job: str, run) -> float | None:
+    try:
+        return job_end_time(job, run)
+    except subprocess.SubprocessError:  # (the stop is then taken for a preemption: requeued all the same)
         return None
 
 
@@ -89,7 +99,7 @@ def main(argv=None, env=None, run: Callable = subprocess.run, clock: Callable[[]
     env = os.environ if env is None else env
     code = int(argv[0])
     job = job_target(env)
-    kind = classify_stop(clock(), job_end_time(env["SLURM_JOB_ID"], run)) if errors.is_interrupted(code) else ""
+    kind = classify_stop(clock(), _end_time_or_none(env["SLURM_JOB_ID"], run)) if errors.is_interrupted(code) else ""
     decision = decide(code, int(env.get("SLURM_RESTART_COUNT", 0) or 0),
                       max_crash_restarts=int(env.get("TRAINER_MAX_CRASH_RESTARTS", 3)),
                       max_requeues=int(env.get("TRAINER_MAX_REQUEUES", 100)), stop_kind=kind or "preemption")

@@ -139,9 +139,10 @@ def slurm_deadline(signum: int, now: float, end_time: float | None, warning_sign
 
 
 class EndTime:
-    """A SLURM job's end time, looked up once off the training thread (``lookup`` calls squeue)."""
+    """A SLURM job's end time, looked up off the training thread (``lookup`` calls squeue), again
+    every ``retry_s`` while it fails (a busy slurmctld may not answer at once), for ``wait_s``."""
 
-    def __init__(self, lookup: Callable[[], float | None] | None, wait_s: float = 10.0):
+    def __init__(self, lookup: Callable[[], float | None] | None, wait_s: float = 10.0, retry_s: float = 1.0):
         self.value: float | None = None
         self._done = threading.Event()
         self._give_up_at = time.monotonic() + wait_s
@@ -150,10 +151,16 @@ class EndTime:
             return
 
         def fetch():
-            try:
-                self.value = lookup()
-            except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                log.warning("could not read the SLURM job's end time (%s): a warning signal stops at once", exc)
+            while True:
+                try:
+                    self.value = lookup()
+                    break
+                except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                    if time.monotonic() + retry_s >= self._give_up_at:
+                        log.warning("could not read the SLURM job's end time (%s): a warning signal stops at once",
+                                    exc)
+                        break
+                    time.sleep(retry_s)
             self._done.set()
         threading.Thread(target=fetch, name="slurm-end-time", daemon=True).start()
 
