@@ -7,8 +7,9 @@ takes at least ``--sleep-s``. The warning signal carries the job's end time, and
 trainer trains until the last step that leaves a save and ``--notice-margin-seconds``
 (5) before it: an allocation of one minute gives less than 55 s of training, and a run
 of 336 steps of 330 ms needs 110 s: at least two requeues on any machine, for one task
-as for two. (Few, slow steps: the uninterrupted reference runs, which do not sleep, stay
-short.) SLURM may send the warning up to 60 s earlier than
+as for two. (Few, slow steps, so that the uninterrupted reference runs, which do not sleep,
+stay short; in few epochs, since each epoch's turn takes seconds of the allocation.) SLURM
+may send the warning up to 60 s earlier than
 asked (sbatch(1), --signal), so an allocation may also stop during start-up; the
 assertions hold for that branch too."""
 import json
@@ -25,7 +26,7 @@ from tests import helpers
 
 pytestmark = pytest.mark.slurm
 
-LONG = ["--examples", "512", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 16 steps
+LONG = ["--examples", "1792", "--epochs", "6", "--no-tensorboard", "--quiet"]  # 6 x 56 steps
 SLOWER = ["--sleep-s", "0.33"]
 MARGIN = 5.0  # the default --notice-margin-seconds
 USED = re.compile(r"SLURM time limit warning: job ends at \S+; trained (\d+) more steps?; checkpoint ckpt-\d+, "
@@ -185,8 +186,8 @@ def test_two_task_job_requeues_on_its_time_limit_and_ends_bitwise_equal(slurm_cl
     assert in_training >= 1, log  # 110 s of training, less than 55 s of it per allocation
     # A warning after the last epoch's end finishes the run (exit 0, no requeue): no allocation
     # stops past the last epoch, and the last one trains to the end or completes its last epoch.
-    assert "stopped at epoch 22" not in log, log
-    assert "training complete: 21 epochs" in starts[-1], starts[-1]
+    assert "stopped at epoch 7" not in log, log
+    assert "training complete: 6 epochs" in starts[-1], starts[-1]
     helpers.assert_bitwise_equal(helpers.latest_variables(long_two_worker_reference),
                                  helpers.latest_variables(run_dir))
 
@@ -201,7 +202,7 @@ def test_submitit_launcher_requeues_and_returns_metrics(slurm_cluster, releaser,
                  folder=str(tmp_path / "submitit" / "%j"), cluster="slurm",
                  timeout_min=2, signal_delay_s=40, slurm_partition="debug", cpus_per_task=2)
     metrics = job.result()
-    assert metrics["epoch"] == 21 and 0 < metrics["val_accuracy"] <= 1
+    assert metrics["epoch"] == 6 and 0 < metrics["val_accuracy"] <= 1
     out = job.stdout() + (job.stderr() or "")
     assert len(re.findall(r"resumed from .* at epoch", out)) >= 1, out
     helpers.assert_bitwise_equal(helpers.latest_variables(long_reference), helpers.latest_variables(run_dir))

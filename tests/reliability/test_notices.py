@@ -20,7 +20,7 @@ import pytest
 from tests import helpers
 from tests.metadata_stubs import AwsImds, AzureEvents, GceMetadata, Platform
 
-LONG = ["--examples", "512", "--epochs", "21", "--no-tensorboard", "--quiet"]  # 21 x 16 steps (test_slurm's)
+LONG = ["--examples", "1792", "--epochs", "6", "--no-tensorboard", "--quiet"]  # 6 x 56 steps (test_slurm's)
 MARGIN = 5.0  # the default --notice-margin-seconds
 DECISION = re.compile(r"stopping before the deadline: ([\d.]+) s left; \d+ step\(s\) take ([\d.]+) s, "
                       r"(?:an epoch's turn ([\d.]+) s, )?a save ([\d.]+) s")
