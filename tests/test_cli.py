@@ -67,3 +67,27 @@ def test_a_signal_after_training_is_complete_does_not_change_the_exit_code(tmp_p
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training complete: 1 epochs" in result.stdout
+
+
+EXIT_HOOKS_JOB = '''
+import atexit, sys
+sys.path.insert(0, {folder!r})
+from my_job import *                        # noqa: F401,F403
+log = open({log!r}, "w")                    # left open: its buffer is written when the process ends
+log.write("written, never flushed or closed")
+atexit.register(lambda: open({hook!r}, "w").write("atexit hook ran"))
+'''
+
+
+def test_a_training_process_ends_at_once_yet_runs_atexit_hooks_and_flushes_open_files(tmp_path):
+    """The trainer skips the interpreter's teardown of TensorFlow at the end of a run, not what
+    an orderly exit does for a job: its atexit hooks, its open files' buffers."""
+    job = helpers.user_job(tmp_path / "elsewhere")
+    wrapper = job.parent / "hooked_job.py"
+    log, hook = tmp_path / "job.log", tmp_path / "hook.txt"
+    wrapper.write_text(EXIT_HOOKS_JOB.format(folder=str(job.parent), log=str(log), hook=str(hook)))
+    result = helpers.run(["train", "--run-dir", str(tmp_path / "run"), "--job", str(wrapper), "--examples", "256",
+                          "--epochs", "1", "--no-tensorboard", "--quiet"])
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == "written, never flushed or closed" and hook.read_text() == "atexit hook ran"
+    assert "training complete: 1 epochs" in result.stdout
