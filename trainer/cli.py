@@ -23,6 +23,7 @@ import threading
 from . import rundir
 from .config import LOG_FORMATS, ConfigError, TrainConfig, log_format_from
 from .errors import TrainerError, report
+from .steering import lr_override
 from .steering.signals import StopRequest, ignore_from_now_on
 
 # how this process was started, for usage lines and the printed resume command
@@ -251,8 +252,10 @@ def parse_train(argv: list[str]):
     first.add_argument("--verbose", action="store_true")
     known, _ = first.parse_known_args(argv)
     setup_logging(known.verbose)
-    if known.run_dir and not {"-h", "--help"} & set(argv):
-        rundir.precheck_training(known.run_dir)  # before the job's slow imports
+    if known.run_dir and not {"-h", "--help"} & set(argv):  # before the slow imports: errors at once
+        local = rundir.precheck_training(known.run_dir)
+        if local is not None:
+            lr_override.scan(local)  # a malformed request file (OverrideError)
     import_tensorflow(quiet=not known.verbose)
     job = load(known.job)
     args = train_parser(job).parse_args(argv)

@@ -64,13 +64,15 @@ def is_own(name: str) -> bool:
     return name in OWN_NAMES or bool(_OWN_PATTERN.match(name))
 
 
-def precheck_training(run_dir: str) -> None:
+def precheck_training(run_dir: str) -> Storage | None:
     """What ``train`` can check before the job loads and without asking a store: a URL's
-    form, everything about a local path."""
+    form, everything about a local path. The local path's storage, for more such checks."""
     storage = open_storage(run_dir)
     place = _usable_place(storage)
-    if place.kind is not PlaceKind.STORE:
-        _check_training(storage, place)
+    if place.kind is PlaceKind.STORE:
+        return None
+    _check_training(storage, place)
+    return storage
 
 
 def for_training(storage: Storage) -> None:

@@ -140,7 +140,8 @@ def slurm_deadline(signum: int, now: float, end_time: float | None, warning_sign
 
 class EndTime:
     """A SLURM job's end time, looked up off the training thread (``lookup`` calls squeue), again
-    every ``retry_s`` while it fails (a busy slurmctld may not answer at once), for ``wait_s``."""
+    every ``retry_s`` while it fails, for ``wait_s``: a busy slurmctld may not answer at once,
+    and the warning signal, sent to every process of a job step, also ends an squeue asking."""
 
     def __init__(self, lookup: Callable[[], float | None] | None, wait_s: float = 10.0, retry_s: float = 1.0):
         self.value: float | None = None
