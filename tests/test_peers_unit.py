@@ -123,3 +123,21 @@ def test_the_guard_exits_for_a_requeue_once_its_bound_passes():
             time.sleep(0.05)
     assert exits.codes == [errors.PEER_LOST]
     assert "the chief (worker 0) did not answer within 0.2 s while choosing the checkpoint" in exits.lines[0]
+
+
+def test_a_collective_failing_in_the_job_s_build_is_a_lost_peer_only_with_several_workers():
+    """Making a variable under MultiWorkerMirroredStrategy broadcasts it: a worker gone at that
+    moment fails the job's build_model inside the collective. That is the job's exit for a
+    requeue (run.py catches it), not a bad job (exit 2)."""
+    import tensorflow as tf
+
+    from trainer.building import _call
+    from trainer.job import Job, JobError
+
+    def build_model():
+        raise tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to connect")
+    job = Job("my_job.py", build_model, lambda: None)
+    with pytest.raises(tf.errors.UnavailableError):
+        _call(job, "build_model", workers=2)
+    with pytest.raises(JobError, match="build_model failed .UnavailableError"):
+        _call(job, "build_model", workers=1)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from .cluster.distribute import PEER_ERRORS
 from .config import TrainConfig
 from .data import accepted
 from .data.shard_plan import Workers
@@ -46,7 +47,7 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)
     with cluster.strategy.scope():
-        raw = _call(job, "build_data")
+        raw = _call(job, "build_data", cluster.workers)
         train_raw, val_raw = raw if isinstance(raw, tuple) and len(raw) == 2 else (raw, None)
         try:
             train = accepted.from_job(train_raw, f"job {job.label}: build_data's training data")
@@ -59,7 +60,7 @@ def build(job: Job, cfg: TrainConfig, cluster) -> Built:
         class_weight = job.fit_options().class_weight
         if class_weight:
             train = fit_mod.class_weighted(train, class_weight)
-        model = check_model(_call(job, "build_model"), job.label)
+        model = check_model(_call(job, "build_model", cluster.workers), job.label)
         groups = prepare(model, accepted.batch_spec(train, cfg.seed), job.label, cluster.strategy)
     groups["trainer"] = {"state": state_variable()}
     if isinstance(train, StreamingData):
@@ -82,12 +83,18 @@ def add_callbacks(built: Built, job: Job, cfg: TrainConfig, storage: Storage, ch
         built.groups["callbacks"] = built.callback_states.variables
 
 
-def _call(job: Job, name: str):
+def _call(job: Job, name: str, workers: int = 1):
+    """The job's function ``name``; what it raises, as a JobError with its traceback logged. Not
+    so a collective's failure with several workers: under the strategy's scope, making a variable
+    broadcasts its first value, which fails when another worker is gone (a lost peer, not the
+    job's fault; the run ends for a requeue)."""
     try:
         return job.call(name)
     except (DataError, JobError):
         raise
     except Exception as exc:
+        if workers > 1 and isinstance(exc, PEER_ERRORS):
+            raise
         log.error("job %s: %s raised:\n%s", job.label, name, "".join(traceback.format_exception(exc)).rstrip())
         raise JobError(f"job {job.label}: {name} failed ({type(exc).__name__}: {exc}); see the traceback "
                        "above") from exc

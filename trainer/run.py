@@ -15,8 +15,6 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-import tensorflow as tf
-
 from . import errors, export
 from .building import Built, add_callbacks, build
 from .checkpoint.store import CheckpointStore
@@ -42,8 +40,6 @@ from .training.writers import Writers
 log = logging.getLogger("trainer")
 
 FINAL_FLUSH_TIMEOUT_S = 600.0
-PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-               tf.errors.CancelledError)  # what a collective raises when another worker is gone
 
 
 @dataclass
@@ -116,7 +112,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
         return Result(errors.interrupted(exc.signum))
     try:
         return _started(s, fresh, going_back)
-    except PEER_ERRORS as exc:
+    except distribute.PEER_ERRORS as exc:
         if s.cluster.workers == 1:
             raise
         log.error("a worker of this job was lost (%s: %s); this worker stops too. The committed checkpoints "
@@ -128,7 +124,7 @@ def _train(cfg: TrainConfig, job: Job, fresh: bool, rollback_to: str | None, res
 
 
 def _started(s: Session, fresh: bool, going_back) -> Result:
-    """Every phase once the workers are connected; a lost peer raises one of PEER_ERRORS."""
+    """Every phase once the workers are connected; a lost peer raises one of distribute.PEER_ERRORS."""
     # Stopped during start-up: nothing to save yet. Workers decide together, so that none
     # goes on alone into a collective that its stopped peers never join.
     with _waiting(s, "waiting for the other workers to connect"):

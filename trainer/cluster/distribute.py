@@ -34,6 +34,8 @@ _SIGNALS = 32  # one slot per signal number in the agreement vector
 _CHIEFS = 3    # then the chief's: time-based save due, learning rate, save seconds
 _NOTICES = _SIGNALS + _CHIEFS  # then "notice save", then one slot per notice source
 AGREE_EVERY_STEPS = 8
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+               tf.errors.CancelledError)  # what a collective raises when another worker is gone
 
 
 @dataclass
@@ -352,7 +354,7 @@ def _multi_worker(resolver, peer_timeout_s: float, stopped, connecting) -> Clust
     try:
         with connecting():
             strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.AbortedError) as exc:
+    except PEER_ERRORS as exc:
         raise peers.PeerLost(f"could not connect to {', '.join(map(str, others))} within {peer_timeout_s:g} s "
                              f"(--peer-timeout-seconds): a worker stopped while the job connected "
                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}). This worker "

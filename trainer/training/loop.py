@@ -290,9 +290,11 @@ class Loop:
         return steps
 
     def _measure(self, seconds: float, count: int) -> None:
-        """A step's time, for stops before a deadline (not the first execution's: it traces)."""
+        """A step's time, for stops before a deadline (the first execution's apart: it traces)."""
         if self._timed_once:
             self.deadlines.measure_steps(seconds, count)
+        else:
+            self.deadlines.measure_first_execution(seconds)
         self._timed_once = True
 
     def _count(self, count: int) -> tf.Tensor:
@@ -306,14 +308,18 @@ class Loop:
         ``steps_ahead`` steps away."""
         req = self.requests.immediate() if self.requests else None
         state = self.state
-        # (at or before an epoch's end; in a first epoch of unknown length no epoch's turn was measured yet)
+        # (at or before an epoch's end; in a first epoch of unknown length, only where it ends)
         turn = state.step_in_epoch == 0 or not _before_end(state.step_in_epoch + steps_ahead, steps)
-        extra = self.deadlines.epoch_turn_seconds if turn else 0.0
+        extra = self.deadlines.epoch_turn(self._validation_steps()) if turn else 0.0
         notices = self.deadlines.local({"position": fractional_epoch(state.epoch, state.step_in_epoch, steps),
                                         "global_step": state.global_step}, steps_ahead, extra)
         return Decisions(stop=notices.stop, save=self.saver.time_due(), lr=req.value if req else None,
                          requests=[req] if req else [], notice_save=notices.save, sources=notices.sources,
                          save_seconds=self.deadlines.save_seconds)
+
+    def _validation_steps(self) -> int:
+        """The validation's steps, where known (for a deadline's estimate of an epoch's turn)."""
+        return (self.validation.steps_per_epoch or 0) if self.validation is not None else 0
 
     def _boundary(self, decided: Decisions, steps: int | None, count: int, logs) -> None:
         state = self.state
