@@ -5,7 +5,8 @@
 # Options: make train RUN_DIR=runs/x ARGS="--epochs 3"; PYTHON=python3.11 make test; make test TEST_WORKERS=4
 # The tests run on TEST_WORKERS pytest-xdist workers, whole files to a worker (--dist loadfile), so that
 # a file's module fixtures (e.g. two-worker reference runs) are made once; the longest files first
-# (--no-loadscope-reorder keeps tests/conftest.py's order).
+# (--no-loadscope-reorder keeps tests/conftest.py's order). One more worker runs the files that mostly
+# wait (SLURM jobs through their time limits, notice windows): --waiting-worker, tests/scheduling.py.
 PYTHON ?= python3
 RUN_DIR ?= runs/fmnist
 ARGS ?=
@@ -34,7 +35,7 @@ train: setup
 
 test: setup-test
 	slurm/dev-cluster/start.sh
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PYTHON) -m pytest -n $$(($(TEST_WORKERS) + 1)) --waiting-worker --dist loadfile --no-loadscope-reorder
 
 docs: setup-docs
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --dev-addr $(DOCS_ADDR) --watch trainer

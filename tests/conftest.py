@@ -12,7 +12,7 @@ import pytest
 
 from tests import helpers
 
-pytest_plugins = ["tests.emulators"]
+pytest_plugins = ["tests.emulators", "tests.scheduling"]
 
 # No test watches a real cloud's metadata service: runs (and their subprocesses, which inherit
 # this) watch none, unless a test points the sources at its own stubs on 127.0.0.1.

@@ -1,6 +1,7 @@
 """Snapshots to go back to (milestones, ``train --from``) and the exported model."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,13 +24,21 @@ def _files(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def finished_run(tmp_path):
-    run_dir = tmp_path / "run"
-    args = _args(tmp_path)
+@pytest.fixture(scope="module")
+def _finished(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finished")
+    run_dir, args = folder / "run", _args(folder)
     result = helpers.run(["train", "--run-dir", str(run_dir), *args])
     assert result.returncode == 0, result.stderr
     return run_dir, args
+
+
+@pytest.fixture
+def finished_run(_finished, tmp_path):
+    """A copy of one finished run of 4 epochs (made once for the file), for each test to change."""
+    run_dir, args = _finished
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run", args
 
 
 def test_milestones_survive_retention_and_status_lists_them(finished_run):
