@@ -21,8 +21,7 @@ def user_args(tmp_path, *extra):
     return ["--job", str(job), "--no-tensorboard", "--save-every-steps", "10", *extra]
 
 
-@pytest.mark.parametrize("job,sig_name,seed", [("reference", "TERM", 1), ("reference", "INT", 2),
-                                                ("digits", "TERM", 3), ("user", "INT", 4)])
+@pytest.mark.parametrize("job,sig_name,seed", [("reference", "TERM", 1), ("digits", "TERM", 3), ("user", "INT", 4)])
 def test_random_interrupts_end_bitwise_equal(tmp_path, uninterrupted, job, sig_name, seed):
     args, steps = {"reference": (helpers.TINY, helpers.TINY_STEPS), "digits": (DIGITS, DIGITS_STEPS),
                    "user": (user_args(tmp_path), 32)}[job]

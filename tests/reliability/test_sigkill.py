@@ -19,8 +19,8 @@ from trainer.storage import Storage, open_storage
 # inside writes, commits, uploads and pruning. A start is killed a random fraction of a second
 # after the run dir shows a drawn number of new commits (0 kills it during its first steps):
 # the saves reached count commits, not the machine's speed.
-PLAN = {"local": (14, 100), "s3": (14, 80), "gcs": (10, 40)}
-MOST_NEW_COMMITS = 16  # the most new commits a start is drawn to wait for before its kill
+PLAN = {"local": (11, 50), "s3": (11, 50), "gcs": (8, 30)}
+MOST_NEW_COMMITS = 8  # the most new commits a start is drawn to wait for before its kill
 WAIT_S = 300  # for a start's drawn commits: only a run that stopped saving takes this long
 
 
