@@ -6,7 +6,7 @@
 # The tests run on TEST_WORKERS pytest-xdist workers, whole files to a worker (--dist loadfile), so that
 # a file's module fixtures (e.g. two-worker reference runs) are made once; the longest files first
 # (--no-loadscope-reorder keeps tests/conftest.py's order). One more worker runs the files that mostly
-# wait (SLURM jobs through their time limits, notice windows): --waiting-worker, tests/scheduling.py.
+# wait (SLURM jobs through their time limits, lost-worker bounds): --waiting-worker, tests/scheduling.py.
 PYTHON ?= python3
 RUN_DIR ?= runs/fmnist
 ARGS ?=
