@@ -1,9 +1,9 @@
 """``--waiting-worker``: pytest-xdist's ``--dist loadfile``, with its last worker kept for the files
 that mostly wait rather than compute (SLURM jobs through their time limits, the bounded waits for
-a lost worker). The notice tests stay with the others: their deadlines leave a margin for a
-machine's load, not for SLURM jobs starting beside them. The other workers take every other file, so the
-CPU-bound tests keep the machine's cores while those files wait beside them. `make test` runs
-one worker more than TEST_WORKERS, with this option."""
+a lost worker). The other workers take every other file, so the CPU-bound tests keep the
+machine's cores while those files wait beside them. The notice tests stay with the others: their
+deadlines leave a margin for a machine's load, not for SLURM jobs starting beside them.
+`make test` runs one worker more than TEST_WORKERS, with this option."""
 import pytest
 from xdist.scheduler import LoadFileScheduling
 

@@ -195,8 +195,8 @@ def test_deadline_rule_saves_at_once_trains_on_and_stops_in_time():
 def test_an_epoch_s_turn_not_yet_made_by_this_start_is_estimated_as_a_traced_validation_and_a_save():
     """A resumed run's notice may come before its first epoch turn: the turn still counts."""
     d = Deadlines(StopRequest(signals=()), None, margin=5.0)
-    d.measure_first_execution(3.0)
-    d.measure_steps(0.5, 1)
+    d.measure_execution(3.0, 1)  # (the first: it traced)
+    d.measure_execution(0.5, 1)
     d.measure_save(1.0)
     assert d.epoch_turn(validation_steps=4) == 3.0 + 4 * 0.5 + 1.0
     d.measure_epoch_turn(2.5)

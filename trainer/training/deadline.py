@@ -60,7 +60,7 @@ class Deadlines:
     save_seconds: float = 0.0
     epoch_turn_seconds: float = 0.0     # from an epoch's last step to the next one's first: validation,
                                         # callbacks, the epoch-end save, the new epoch's data
-    first_execution_seconds: float = 0.0  # this start's first execution, which traced the train step
+    first_execution_seconds: float | None = None  # this start's first execution, which traced the train step
     _signal_taken: bool = False
 
     # -- measuring --------------------------------------------------------
@@ -78,8 +78,12 @@ class Deadlines:
     def measure_save(self, seconds: float) -> None:
         self.save_seconds = max(self.save_seconds, seconds)
 
-    def measure_first_execution(self, seconds: float) -> None:
-        self.first_execution_seconds = seconds
+    def measure_execution(self, seconds: float, count: int) -> None:
+        """An execution of ``count`` steps: the first one's time apart (it traced), then per step."""
+        if self.first_execution_seconds is None:
+            self.first_execution_seconds = seconds
+        else:
+            self.measure_steps(seconds, count)
 
     def epoch_turn(self, validation_steps: int) -> float:
         """The next epoch's turn: as this start measured it, or, before it made one, an estimate
@@ -87,7 +91,7 @@ class Deadlines:
         the first execution traced the train step, then runs its steps, and saves)."""
         if self.epoch_turn_seconds:
             return self.epoch_turn_seconds
-        return self.first_execution_seconds + validation_steps * self.step_seconds + self.save_seconds
+        return (self.first_execution_seconds or 0.0) + validation_steps * self.step_seconds + self.save_seconds
 
     # -- deciding ---------------------------------------------------------
     def signal_stop(self) -> int | None:

@@ -101,7 +101,6 @@ class Loop:
         self._counts: dict[int, tf.Tensor] = {}
         self._batch_hooks = bool(self.callbacks and self.callbacks.callbacks)
         self.deadlines = self.deadlines or Deadlines(self.stop)
-        self._timed_once = False
         self._turn_began: float | None = None  # when the last epoch's end began
 
     # -- tf.functions -----------------------------------------------------
@@ -210,7 +209,7 @@ class Loop:
             logs, decided, done = self._execute(iterator, count, steps, first)
             if done < count:  # (an execution ends early only where the data ends)
                 steps, count = self._learn_length(), done
-            self._measure(time.monotonic() - started, count)
+            self.deadlines.measure_execution(time.monotonic() - started, count)
             if self._batch_hooks:
                 cbs.on_train_batch_end(end, logs)
             self.progress.step(logs, count)
@@ -288,14 +287,6 @@ class Loop:
             self.steering.steps = steps
         log.info("the training data ended after %d steps: every epoch has as many", steps)
         return steps
-
-    def _measure(self, seconds: float, count: int) -> None:
-        """A step's time, for stops before a deadline (the first execution's apart: it traces)."""
-        if self._timed_once:
-            self.deadlines.measure_steps(seconds, count)
-        else:
-            self.deadlines.measure_first_execution(seconds)
-        self._timed_once = True
 
     def _count(self, count: int) -> tf.Tensor:
         """``count`` as a tensor, made once (a Python int would retrace the function per value)."""
