@@ -141,3 +141,31 @@ def test_a_collective_failing_in_the_job_s_build_is_a_lost_peer_only_with_severa
         _call(job, "build_model", workers=2)
     with pytest.raises(JobError, match="build_model failed .UnavailableError"):
         _call(job, "build_model", workers=1)
+
+
+WATCHED = """import ctypes, signal, sys
+from trainer.steering.blocking import connect_watchdog
+with connect_watchdog(float(sys.argv[1])):
+    ctypes.PyDLL(None).sleep(int(sys.argv[2]))  # (PyDLL: the interpreter lock stays held, as in TF's connect)
+libc = ctypes.CDLL(None)
+libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, (ctypes.c_int, ctypes.c_void_p)
+print("returned; SIGABRT handler", libc.signal(signal.SIGABRT, None))
+"""
+
+
+@pytest.mark.parametrize("bound_s, sleep_s", [(1, 60), (30, 1)])
+def test_a_wait_holding_the_interpreter_lock_ends_with_exit_6_at_the_connect_bound(bound_s, sleep_s):
+    """A block that holds the lock past the bound ends the process (exit 6, one line, no Python
+    code involved); one that returns in time leaves the process as it was (SIGABRT's default)."""
+    import subprocess
+    import sys
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", WATCHED, str(bound_s), str(sleep_s)], capture_output=True,
+                          text=True, timeout=120)
+    took = time.monotonic() - started
+    if bound_s < sleep_s:
+        assert done.returncode == errors.PEER_LOST and took < sleep_s, (done, took)
+        assert "the workers did not finish connecting within 1 s" in done.stderr and not done.stdout, done
+    else:
+        assert done.returncode == 0 and done.stdout == "returned; SIGABRT handler None\n", done
+        assert "connecting" not in done.stderr, done

@@ -72,7 +72,7 @@ def open_session(cfg: TrainConfig, job: Job, stop: StopRequest, resume_command: 
         tf.config.experimental.enable_op_determinism()
     # before any other TF op; waits for every worker (at most cfg.peer_timeout_seconds)
     cluster = distribute.setup(cfg.strategy, cfg.cpu_devices, cfg.peer_timeout_seconds, deadlines.signal_stop,
-                               lambda: held_during_connect(stop))
+                               lambda: held_during_connect(stop, cfg.peer_timeout_seconds))
     if cluster.workers > 1:
         log.info("%s", cluster.role())  # (after the handlers are back: a test may signal us on this line)
     storage = open_storage(cfg.run_dir, cfg.storage_options)

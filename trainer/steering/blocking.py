@@ -10,6 +10,9 @@ a signal's handler only once the main thread is back in the interpreter:
   SIGTERM handler of its own. The stop signals are blocked around it, so that
   one sent meanwhile stays pending; once it returns the handlers are
   reclaimed and the signals unblocked, and the pending one is recorded as usual.
+  It is bounded by :func:`connect_watchdog`: a peer lost after it registered
+  with TensorFlow's coordination service but before the devices were exchanged
+  leaves that exchange waiting for an hour, and no thread of ours can run.
 * :class:`Guard`: a thread armed around a named phase that waits in a
   collective (which lets Python threads run). It learns of a signal through
   the interpreter's wakeup file descriptor; if the phase has not ended
@@ -23,9 +26,12 @@ a signal's handler only once the main thread is back in the interpreter:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,15 +45,54 @@ POLL_S = 0.5
 
 
 @contextlib.contextmanager
-def held_during_connect(stop: StopRequest, signals=CAUGHT) -> Iterator[None]:
+def held_during_connect(stop: StopRequest, bound_s: float, signals=CAUGHT) -> Iterator[None]:
     """Keep stop signals pending while TensorFlow connects (threads it starts meanwhile inherit
-    the mask), then take the handlers back and let a pending signal through."""
+    the mask), then take the handlers back and let a pending signal through; at most
+    ``bound_s`` and a few seconds (:func:`connect_watchdog`)."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
-        yield
+        with connect_watchdog(bound_s + CONNECT_SLACK_S):
+            yield
     finally:
         stop.reclaim()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+CONNECT_SLACK_S = 5.0  # beyond the bound TensorFlow's own registration wait has
+# The watchdog: a process of its own, since the waiting one runs no Python code. It exits quietly
+# once its stdin closes (the connection returned), else writes the line and sends SIGABRT.
+_WATCHDOG = """import os, select, signal, sys
+parent, bound_s, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([0], [], [], bound_s)[0]:
+    os.write(2, line.encode())
+    os.kill(parent, signal.SIGABRT)
+"""
+assert signal.SIGABRT == PEER_LOST  # (SIGABRT's handler below exits with the signal's number)
+
+
+@contextlib.contextmanager
+def connect_watchdog(bound_s: float) -> Iterator[None]:
+    """End this process with the lost-worker code (6) and one line if the block outlasts ``bound_s``.
+
+    For a wait inside TensorFlow that holds the interpreter lock: no Python code runs, not a
+    thread, not a signal handler. So a watchdog process sends SIGABRT, whose handler meanwhile is
+    libc's ``_exit`` itself (async-signal-safe, called with the signal's number, 6): the kernel
+    runs it whatever the interpreter does. The previous handler is back once the block ends."""
+    libc = ctypes.CDLL(None)
+    libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, (ctypes.c_int, ctypes.c_void_p)
+    previous = libc.signal(signal.SIGABRT, ctypes.cast(libc._exit, ctypes.c_void_p).value)
+    line = (f"\n[trainer] ERROR the workers did not finish connecting within {bound_s:g} s "
+            "(--peer-timeout-seconds and a few seconds): a worker stopped while TensorFlow connected them, "
+            "and TensorFlow would wait for it for an hour. This worker stops (exit 6); restart the job "
+            "(SLURM requeues it)\n")
+    watchdog = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(bound_s),
+                                 line], stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+        libc.signal(signal.SIGABRT, previous)
 
 
 def _write(line: str) -> None:
