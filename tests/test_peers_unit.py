@@ -3,6 +3,8 @@ peers (a fake clock and fake ports) and the guard around calls that block inside
 (real signals to this process, an injected exit)."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -157,8 +159,6 @@ print("returned; SIGABRT handler", libc.signal(signal.SIGABRT, None))
 def test_a_wait_holding_the_interpreter_lock_ends_with_exit_6_at_the_connect_bound(bound_s, sleep_s):
     """A block that holds the lock past the bound ends the process (exit 6, one line, no Python
     code involved); one that returns in time leaves the process as it was (SIGABRT's default)."""
-    import subprocess
-    import sys
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", WATCHED, str(bound_s), str(sleep_s)], capture_output=True,
                           text=True, timeout=120)

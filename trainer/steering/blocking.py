@@ -81,10 +81,9 @@ def connect_watchdog(bound_s: float) -> Iterator[None]:
     libc = ctypes.CDLL(None)
     libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, (ctypes.c_int, ctypes.c_void_p)
     previous = libc.signal(signal.SIGABRT, ctypes.cast(libc._exit, ctypes.c_void_p).value)
-    line = (f"\n[trainer] ERROR the workers did not finish connecting within {bound_s:g} s "
-            "(--peer-timeout-seconds and a few seconds): a worker stopped while TensorFlow connected them, "
-            "and TensorFlow would wait for it for an hour. This worker stops (exit 6); restart the job "
-            "(SLURM requeues it)\n")
+    line = _line(f"ERROR the workers did not finish connecting within {bound_s:g} s (--peer-timeout-seconds and "
+                 "a few seconds): a worker stopped while TensorFlow connected them, and TensorFlow would wait "
+                 "for it for an hour. This worker stops (exit 6); restart the job (SLURM requeues it)")
     watchdog = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(bound_s),
                                  line], stdin=subprocess.PIPE)
     try:
@@ -95,8 +94,13 @@ def connect_watchdog(bound_s: float) -> Iterator[None]:
         libc.signal(signal.SIGABRT, previous)
 
 
+def _line(text: str) -> str:
+    """One line of this module's, as the process's own stderr gets it (the watchdog's too)."""
+    return f"\n[trainer] {text}\n"
+
+
 def _write(line: str) -> None:
-    os.write(2, f"\n[trainer] {line}\n".encode())
+    os.write(2, _line(line).encode())
 
 
 class Guard:
